@@ -1,0 +1,287 @@
+"""The GPT family (GPT-1, GPT-2, GPT-3 and tiny presets) as one pure-functional Flax module.
+
+Parameters are a plain pytree; `forward(params, tokens, cfg)` is a pure function returning fp32 logits.
+Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `norm`) so
+the trainer can shard it through a rules table: no mesh axis names appear here.
+
+Layers are a Python loop rather than `nn.scan`: GPT-3's alternating dense/banded layers and GPT-1's
+post-norm stay plain code, per-layer names (`h_0`, `h_1`, ...) map one-to-one onto Hugging Face GPT-2
+checkpoints, and compile time is acceptable for every published depth (the largest, 96 layers, is only
+ever traced abstractly here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gptjax.config import ConfigError, ModelConfig
+
+Array = jax.Array
+Params = Any  # nested dict of arrays
+Cache = dict[str, Any]
+
+# Activation logical axes (parameters use the same vocabulary; see sharding.DEFAULT_RULES).
+ACT_HIDDEN = ("batch", "length", "act_embed")
+
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def _param(module: nn.Module, name: str, std: float | None, shape: tuple[int, ...],
+           axes: tuple[str | None, ...], dtype: jnp.dtype) -> Array:
+    """A parameter initialised N(0, std) (or zeros when std is None), carrying logical axis names."""
+    init = nn.initializers.zeros if std is None else nn.initializers.normal(std)
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class LayerNorm(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d, pdt = self.cfg.d_model, _dtype(self.cfg.param_dtype)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), pdt)
+        bias = _param(self, "bias", None, (d,), ("norm",), pdt)
+        x32 = x.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.cfg.layer_norm_eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def _residual_std(cfg: ModelConfig) -> float:
+    return cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.scale_residual_init else cfg.init_std
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, layer_cache: dict[str, Array] | None, cache_index: Array | None,
+                 deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        d, h, k = cfg.d_model, cfg.n_head, cfg.head_dim
+
+        def project(name: str) -> Array:
+            w = _param(self, f"{name}_kernel", cfg.init_std, (d, h, k), ("embed", "heads", "kv"), pdt)
+            b = _param(self, f"{name}_bias", None, (h, k), ("heads", "kv"), pdt)
+            return jnp.einsum("btd,dhk->bthk", x, w.astype(dt)) + b.astype(dt)
+
+        q, key, value = project("query"), project("key"), project("value")
+        new_cache = None
+        if layer_cache is not None:
+            start = (0, cache_index, 0, 0)
+            key = jax.lax.dynamic_update_slice(layer_cache["k"], key.astype(layer_cache["k"].dtype), start)
+            value = jax.lax.dynamic_update_slice(layer_cache["v"], value.astype(layer_cache["v"].dtype), start)
+            new_cache = {"k": key, "v": value}
+            key, value = key.astype(dt), value.astype(dt)
+
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, key, preferred_element_type=jnp.float32) / math.sqrt(k)
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqs,bshk->bqhk", probs.astype(dt), value)
+        wo = _param(self, "out_kernel", _residual_std(cfg), (h, k, d), ("heads", "kv", "embed"), pdt)
+        bo = _param(self, "out_bias", None, (d,), ("embed",), pdt)
+        y = jnp.einsum("bqhk,hkd->bqd", out, wo.astype(dt)) + bo.astype(dt)
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=deterministic), new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        w1 = _param(self, "fc_kernel", cfg.init_std, (cfg.d_model, cfg.d_mlp), ("embed", "mlp"), pdt)
+        b1 = _param(self, "fc_bias", None, (cfg.d_mlp,), ("mlp",), pdt)
+        w2 = _param(self, "proj_kernel", _residual_std(cfg), (cfg.d_mlp, cfg.d_model), ("mlp", "embed"), pdt)
+        b2 = _param(self, "proj_bias", None, (cfg.d_model,), ("embed",), pdt)
+        hidden = jax.nn.gelu(x @ w1.astype(dt) + b1.astype(dt), approximate=True)  # GPT's tanh GELU
+        y = hidden @ w2.astype(dt) + b2.astype(dt)
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, layer_cache: dict[str, Array] | None, cache_index: Array | None,
+                 deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+        x = nn.with_logical_constraint(x, ACT_HIDDEN)
+        attn, mlp = Attention(self.cfg, name="attn"), MLP(self.cfg, name="mlp")
+        ln_1, ln_2 = LayerNorm(self.cfg, name="ln_1"), LayerNorm(self.cfg, name="ln_2")
+        if self.cfg.norm == "pre":
+            a, new_cache = attn(ln_1(x), mask, layer_cache, cache_index, deterministic)
+            x = x + a
+            return x + mlp(ln_2(x), deterministic), new_cache
+        a, new_cache = attn(x, mask, layer_cache, cache_index, deterministic)  # GPT-1: post-norm
+        x = ln_1(x + a)
+        return ln_2(x + mlp(x, deterministic)), new_cache
+
+
+def attention_masks(cfg: ModelConfig, q_slots: Array, k_slots: Array, q_segments: Array,
+                    k_segments: Array) -> dict[str, Array]:
+    """Boolean [batch, q, k] masks per attention kind: causal, same segment, and (banded) within the window.
+
+    Slots are positions in the (cache) buffer; segments are document ids in packed rows (0 = padding,
+    which only ever attends to padding, so no row is empty and no NaN appears).
+    """
+    causal = k_slots[None, :] <= q_slots[:, None]
+    same_segment = q_segments[:, :, None] == k_segments[:, None, :]
+    dense = causal[None] & same_segment
+    masks = {"dense": dense}
+    if "banded" in cfg.attention_pattern:
+        in_band = (q_slots[:, None] - k_slots[None, :]) < cfg.band_width
+        masks["banded"] = dense & in_band[None]
+    return masks
+
+
+class GPT(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
+                 cache: Cache | None = None, deterministic: bool = True) -> tuple[Array, Cache | None]:
+        cfg = self.cfg
+        dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        batch, length = tokens.shape
+        if cache is None and length > cfg.n_ctx:
+            raise ConfigError(f"sequence length {length} exceeds the model's context n_ctx={cfg.n_ctx}")
+        offset = cache["index"] if cache is not None else 0
+        if positions is None:
+            positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+
+        wte = _param(self, "wte", cfg.init_std, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt)
+        wpe = _param(self, "wpe", cfg.pos_init_std, (cfg.n_ctx, cfg.d_model), (None, "embed"), pdt)
+        x = (wte.astype(dt)[tokens] + wpe.astype(dt)[positions])
+        x = nn.Dropout(cfg.embd_dropout)(x, deterministic=deterministic)
+
+        q_slots = offset + jnp.arange(length)
+        if cache is None:
+            k_slots, k_segments = q_slots, segment_ids
+        else:
+            k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                                      (0, offset))
+            k_slots = jnp.arange(k_segments.shape[1])
+        masks = attention_masks(cfg, q_slots, k_slots, segment_ids, k_segments)
+
+        new_layers = []
+        for i in range(cfg.n_layer):
+            layer_cache = cache["layers"][i] if cache is not None else None
+            x, new_layer = Block(cfg, name=f"h_{i}")(x, masks[cfg.layer_kind(i)], layer_cache, offset,
+                                                     deterministic)
+            new_layers.append(new_layer)
+        if cfg.final_norm:
+            x = LayerNorm(cfg, name="ln_f")(x)
+        if cfg.tie_embeddings:
+            head = wte.T
+        else:
+            head = _param(self, "lm_head", cfg.init_std, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+        new_cache = None
+        if cache is not None:
+            new_cache = {"index": offset + length, "segment_ids": k_segments, "layers": tuple(new_layers)}
+        return logits.astype(jnp.float32), new_cache
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The functional API the rest of gptjax uses.
+
+
+def init_boxed(cfg: ModelConfig, rng: Array) -> Params:
+    """Parameters wrapped in flax `LogicallyPartitioned` boxes (for reading logical axes)."""
+    tokens = jnp.zeros((1, min(8, cfg.n_ctx)), jnp.int32)
+    return GPT(cfg).init({"params": rng}, tokens)["params"]
+
+
+def init_params(cfg: ModelConfig, rng: Array) -> Params:
+    """A plain pytree of freshly initialised parameters."""
+    return nn.unbox(init_boxed(cfg, rng))
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """Shapes and dtypes of the parameters, computed without allocating them (works for 175B)."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+    """Pytree (same structure as the params) of `PartitionSpec`s holding logical axis names."""
+    boxed = jax.eval_shape(lambda: init_boxed(cfg, jax.random.key(0)))
+    return nn.get_partition_spec(boxed)
+
+
+def forward(params: Params, tokens: Array, cfg: ModelConfig, *, segment_ids: Array | None = None,
+            positions: Array | None = None, dropout_rng: Array | None = None) -> Array:
+    """fp32 logits [batch, length, vocab]. Dropout is applied iff `dropout_rng` is given."""
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    logits, _ = GPT(cfg).apply({"params": params}, tokens, segment_ids, positions,
+                               deterministic=dropout_rng is None, rngs=rngs)
+    return logits
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype: str | None = None) -> Cache:
+    """An empty KV cache for incremental decoding of up to `max_length` tokens per row."""
+    if max_length > cfg.n_ctx:
+        raise ConfigError(f"cache length {max_length} exceeds the model's context n_ctx={cfg.n_ctx}")
+    shape = (batch, max_length, cfg.n_head, cfg.head_dim)
+    dt = _dtype(dtype or cfg.dtype)
+    layer = lambda: {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}  # noqa: E731
+    return {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((batch, max_length), jnp.int32),
+            "layers": tuple(layer() for _ in range(cfg.n_layer))}
+
+
+def forward_with_cache(params: Params, tokens: Array, cache: Cache, cfg: ModelConfig, *,
+                       positions: Array | None = None, segment_ids: Array | None = None) -> tuple[Array, Cache]:
+    """Run `tokens` at cache slots [index, index + length) and return (fp32 logits, updated cache).
+
+    Rows of different prompt lengths are left-padded: padded slots get segment id 0 (never attended to by
+    real tokens) and each row's `positions` count from its first real token.
+    """
+    return GPT(cfg).apply({"params": params}, tokens, segment_ids, positions, cache)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Analytic sizes.
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    non_embedding: int  # Kaplan et al.: excludes token and position embeddings (and an untied LM head)
+
+
+def param_count(cfg: ModelConfig) -> ParamCount:
+    d, a, f, v = cfg.d_model, cfg.d_attn, cfg.d_mlp, cfg.vocab_size
+    per_layer = 4 * d * a + 3 * a + 2 * d * f + f + 6 * d  # qkv+out weights, qkv biases, mlp, 2 LNs + 2 biases
+    non_embedding = cfg.n_layer * per_layer + (2 * d if cfg.final_norm else 0)
+    embedding = v * d + cfg.n_ctx * d + (0 if cfg.tie_embeddings else d * v)
+    return ParamCount(total=non_embedding + embedding, non_embedding=non_embedding)
+
+
+FLOPS_CONVENTION = (
+    "training FLOPs/token = 6*N_matmul + 12*sum_layers(d_attn*T_layer): N_matmul = non-embedding weight "
+    "matrices + the LM head (d_model*vocab); attention counts QK^T and AV over all T_layer keys (no causal "
+    "discount; T_layer = seq_len for dense layers, min(band_width, seq_len) for banded layers), as in PaLM's "
+    "6N + 12LHQT. Biases, LayerNorm, softmax and embedding lookups are not counted."
+)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training (forward + backward) FLOPs per token; see FLOPS_CONVENTION."""
+    t = cfg.n_ctx if seq_len is None else seq_len
+    d, a, f = cfg.d_model, cfg.d_attn, cfg.d_mlp
+    n_matmul = cfg.n_layer * (4 * d * a + 2 * d * f) + d * cfg.vocab_size
+    keys = sum(t if cfg.layer_kind(i) == "dense" else min(cfg.band_width, t) for i in range(cfg.n_layer))
+    return 6.0 * n_matmul + 12.0 * a * keys
