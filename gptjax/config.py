@@ -149,6 +149,112 @@ def get_preset(name: str) -> ModelConfig:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
 
 
+# Logical axis -> mesh axes. Parameters: vocab/embed/mlp/heads/kv/norm; activations: batch/length/act_*.
+# FSDP shards the embed dimension of every weight; tensor parallelism splits heads, MLP width and vocab.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("act_embed", ()),
+    ("embed", ("fsdp",)),
+    ("vocab", ("tensor",)),
+    ("mlp", ("tensor",)),
+    ("heads", ("tensor",)),
+    ("kv", ()),
+    ("norm", ()),
+)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes; one of them may be -1 (= all remaining devices)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        if list(sizes.values()).count(-1) > 1:
+            raise ConfigError(f"at most one mesh axis may be -1, got {sizes}")
+        bad = {k: v for k, v in sizes.items() if v == 0 or v < -1}
+        if bad:
+            raise ConfigError(f"mesh sizes must be positive or -1, got {bad}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW as GPT-3 trained: beta2 0.95, eps 1e-8, decoupled weight decay 0.1, clip 1.0, cosine to 10%."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    decay_steps: int = 0  # 0 = decay over the whole run (train.steps)
+    min_lr_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False  # GPT-3 leaves embeddings, biases and LayerNorm undecayed
+    decay_biases_and_norms: bool = False
+    grad_clip: float = 1.0
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ConfigError(f"optim.on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which registered seqio Task/Mixture to train on, with which vocabulary."""
+
+    task: str = "tinyshakespeare"  # a name from gptjax.data (task or mixture)
+    vocab: str = "byte"  # a spec for gptjax.tokenizers.get_vocabulary
+    seed: int = 0
+    cache_dir: str = ""  # tokenised-and-packed arrays; "" = <run_dir>/../.data_cache
+    tfds_data_dir: str = ""  # "" = TFDS default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; written resolved to <run_dir>/config.json."""
+
+    model: ModelConfig = ModelConfig(name="tiny-200k", n_layer=4, n_head=4, d_model=64)
+    mesh: MeshConfig = MeshConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    run_dir: str = "runs/default"
+    steps: int = 300
+    batch_size: int = 16  # global, in sequences
+    seq_len: int = 0  # 0 = model.n_ctx
+    micro_batches: int = 1  # gradient accumulation inside the jitted step
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100  # held-out loss
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    peak_flops_per_device: float = 0.0  # 0 = from the device table, or measured on CPU
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.seq_len > self.model.n_ctx:
+            raise ConfigError(f"seq_len={self.seq_len} exceeds model.n_ctx={self.model.n_ctx}")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by micro_batches={self.micro_batches}")
+
+    @property
+    def sequence_length(self) -> int:
+        return self.seq_len or self.model.n_ctx
+
+
 # ---------------------------------------------------------------------------------------------------------
 # key=value overrides and JSON round-trip, shared by every config dataclass.
 
@@ -222,14 +328,19 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
         if dataclasses.is_dataclass(annotation):
             value = from_dict(annotation, value)
         elif typing.get_origin(annotation) is tuple:
-            value = tuple(value)
+            value = _tuplify(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _tuplify(value: Any) -> Any:
+    """JSON turns nested tuples into lists; frozen configs need them back as tuples."""
+    return tuple(_tuplify(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def dumps(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-__all__ = ["ConfigError", "ModelConfig", "PRESETS", "get_preset", "override", "to_dict", "from_dict",
+__all__ = ["ConfigError", "ModelConfig", "MeshConfig", "OptimConfig", "DataConfig", "RunConfig", "DEFAULT_RULES", "PRESETS", "get_preset", "override", "to_dict", "from_dict",
            "dumps"]
