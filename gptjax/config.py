@@ -121,6 +121,8 @@ _PRESET_LIST = [
     _gpt2("gpt2-large", 36, 1280, 20),
     _gpt2("gpt2-xl", 48, 1600, 25),
     # GPT-3 paper, Table 2.1: n_layer, d_model, n_heads, d_head, batch size (tokens), learning rate.
+    # Taken literally: XL's 24 x 128 attention width (3072 != d_model 2048) gives 1.52B parameters, not the
+    # quoted 1.3B, and 13B's 40 x 128 = 5120 != 5140; d_head is a separate field so both are representable.
     _gpt3("gpt3-small", 12, 768, 12, 64, 500_000, 6.0e-4),
     _gpt3("gpt3-medium", 24, 1024, 16, 64, 500_000, 3.0e-4),
     _gpt3("gpt3-large", 24, 1536, 16, 96, 500_000, 2.5e-4),

@@ -1,0 +1,123 @@
+"""`gptjax` command line. Heavy modules (JAX, TensorFlow, torch) are imported inside each command so that
+`gptjax --help` answers instantly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+DEFAULT_PRESET = "tiny-200k"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gptjax import config, sharding
+
+    sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from gptjax.hooks import default_hooks
+    from gptjax.train import Trainer
+
+    run = config.RunConfig(model=config.get_preset(args.preset), run_dir=args.run_dir)
+    run = config.override(run, args.overrides)
+    trainer = Trainer(run)
+    trainer.hooks = default_hooks(trainer)
+    trainer.train()
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from gptjax import decode
+    from gptjax.runs import load_for_inference
+
+    params, cfg, vocab = load_for_inference(args.run_dir, args.step)
+    text = decode.generate_text(params, cfg, vocab, [args.prompt], max_new_tokens=args.max_new_tokens,
+                                method=args.method, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)[0]
+    print(args.prompt + text)
+    return 0
+
+
+def _hf_import(args: argparse.Namespace) -> int:
+    from gptjax import hf
+    from gptjax.runs import save_params
+
+    cfg, params = hf.import_hf(args.hf_dir)
+    save_params(args.out, cfg, params)
+    print(f"imported {args.hf_dir} ({cfg.n_layer} layers, d_model {cfg.d_model}) into {args.out}")
+    return 0
+
+
+def _hf_export(args: argparse.Namespace) -> int:
+    from gptjax import hf
+    from gptjax.runs import load_for_inference
+
+    params, cfg, _ = load_for_inference(args.run_dir, args.step)
+    hf.export_hf(params, cfg, args.out, tokenizer_dir=args.tokenizer_dir)
+    print(f"exported to {args.out}")
+    return 0
+
+
+def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A command implemented elsewhere that parses its own arguments."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        return getattr(importlib.import_module(module), function)(args.rest)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gptjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model (resumes automatically in an existing run_dir)")
+    train.add_argument("--preset", default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
+    train.add_argument("--run-dir", default="runs/default")
+    train.add_argument("--coordinator", help="host:port of process 0 for multi-process runs")
+    train.add_argument("--num-processes", type=int)
+    train.add_argument("--process-id", type=int)
+    train.add_argument("overrides", nargs="*", help="key=value, e.g. steps=500 model.n_layer=4 mesh.data=2")
+    train.set_defaults(func=_train)
+
+    gen = sub.add_parser("generate", help="generate text from a run's latest checkpoint")
+    gen.add_argument("--run-dir", required=True)
+    gen.add_argument("--step", type=int)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--method", choices=["greedy", "sample", "beam"], default="greedy")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=_generate)
+
+    imp = sub.add_parser("hf-import", help="import a local Hugging Face GPT-2 directory (safetensors)")
+    imp.add_argument("hf_dir")
+    imp.add_argument("--out", required=True, help="gptjax model directory to write")
+    imp.set_defaults(func=_hf_import)
+
+    exp = sub.add_parser("hf-export", help="export a run's checkpoint as a Hugging Face GPT-2 directory")
+    exp.add_argument("--run-dir", required=True)
+    exp.add_argument("--step", type=int)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--tokenizer-dir", help="directory with the GPT-2 encoder.json + vocab.bpe to include")
+    exp.set_defaults(func=_hf_export)
+
+    for name, module, function, text in [
+        ("eval", "eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
+        ("report", "eval.report", "report_command", "Markdown + HTML report from results JSON files"),
+        ("tokenizer", "gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
+    ]:
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_forward(module, function))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
