@@ -1,11 +1,13 @@
-"""`gptjax` command line. Heavy modules (JAX, TensorFlow, torch) are imported inside each command so that
-`gptjax --help` answers instantly."""
+"""gptjax: train, evaluate and report on GPT-family models.
+
+Heavy modules (JAX, TensorFlow, torch) are imported inside each command so `gptjax --help` is instant.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable
 
 DEFAULT_PRESET = "tiny-200k"
 
@@ -57,12 +59,12 @@ def _hf_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forward(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A command implemented elsewhere that parses its own arguments."""
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-        return getattr(importlib.import_module(module), function)(args.rest)
-    return run
+# Commands implemented in their own modules, which parse their own arguments: (module, function, help).
+FORWARDED = {
+    "eval": ("eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
+    "report": ("eval.report", "report_command", "Markdown + HTML report from results JSON files"),
+    "tokenizer": ("gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,20 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tokenizer-dir", help="directory with the GPT-2 encoder.json + vocab.bpe to include")
     exp.set_defaults(func=_hf_export)
 
-    for name, module, function, text in [
-        ("eval", "eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
-        ("report", "eval.report", "report_command", "Markdown + HTML report from results JSON files"),
-        ("tokenizer", "gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
-    ]:
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_forward(module, function))
+    for name, (_, _, text) in FORWARDED.items():
+        sub.add_parser(name, help=text, add_help=False)  # listed in --help; dispatched in main()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in FORWARDED:
+        module, function, _ = FORWARDED[argv[0]]
+        command = lambda: getattr(importlib.import_module(module), function)(argv[1:])  # noqa: E731
+        name = argv[0]
+    else:
+        args = build_parser().parse_args(argv)
+        command, name = (lambda: args.func(args)), args.command
+    try:
+        return command()
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"gptjax {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(err: Exception) -> bool:
+    """gptjax's own errors and missing files describe bad input and name the offending values:
+    they are printed without a traceback. Anything else is a bug and keeps its traceback."""
+    return isinstance(err, FileNotFoundError) or type(err).__module__.split(".")[0] in ("gptjax", "eval")
 
 
 if __name__ == "__main__":

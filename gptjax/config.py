@@ -292,27 +292,30 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
 
 
 def override(cfg: Any, assignments: list[str] | tuple[str, ...]) -> Any:
-    """Return `cfg` with dotted `key=value` assignments applied, e.g. `model.n_layer=4`."""
+    """Return `cfg` with dotted `key=value` assignments applied, e.g. `model.n_layer=4`.
+
+    All assignments are applied before anything is validated, so their order never matters
+    (`seq_len=512 model.n_ctx=512` works either way round).
+    """
+    data = to_dict(cfg)
     for assignment in assignments:
         if "=" not in assignment:
             raise ConfigError(f"override {assignment!r} is not of the form key=value")
-        key, value = assignment.split("=", 1)
-        cfg = _set_path(cfg, key.strip().split("."), value.strip(), key.strip())
-    return cfg
-
-
-def _set_path(cfg: Any, path: list[str], value: str, full_key: str) -> Any:
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
-    head = path[0]
-    if head not in names:
-        raise ConfigError(f"unknown config key {full_key!r}; {type(cfg).__name__} has: {', '.join(names)}")
-    if len(path) == 1:
-        return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], full_key)})
-    child = getattr(cfg, head)
-    if not dataclasses.is_dataclass(child):
-        raise ConfigError(f"config key {full_key!r}: {head} is not a section")
-    return dataclasses.replace(cfg, **{head: _set_path(child, path[1:], value, full_key)})
+        key, value = (part.strip() for part in assignment.split("=", 1))
+        cls, node = type(cfg), data
+        path = key.split(".")
+        for depth, name in enumerate(path):
+            names = [f.name for f in dataclasses.fields(cls)]
+            if name not in names:
+                raise ConfigError(f"unknown config key {key!r}; {cls.__name__} has: {', '.join(names)}")
+            annotation = typing.get_type_hints(cls)[name]
+            if depth == len(path) - 1:
+                node[name] = _coerce(value, annotation, key)
+            elif not dataclasses.is_dataclass(annotation):
+                raise ConfigError(f"config key {key!r}: {name} is not a section")
+            else:
+                cls, node = annotation, node[name]
+    return from_dict(type(cfg), data)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -81,21 +81,20 @@ class MetricsLogger:
         self.sinks.write(step, scalars)
 
     def on_step(self, trainer: Trainer, step: int, metrics: dict[str, jax.Array]) -> None:
-        if self._last is None:  # the first step includes compilation: time from its end instead
-            jax.block_until_ready(metrics["loss"])
-            self._last = (step, time.perf_counter())
+        due = step % self.every == 0 or step == trainer.run.steps
+        if not due and self._last is not None:
             return
-        if step % self.every and step != trainer.run.steps:
-            return
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}  # waits for the step
         now = time.perf_counter()
-        last_step, last_time = self._last
-        self._last = (step, now)
-        assert self.throughput is not None
         record = {k: values[k] for k in ("loss", "grad_norm", "learning_rate")}
-        record["step_time_s"] = (now - last_time) / (step - last_step)
-        record.update(self.throughput.measure(step, step - last_step, now - last_time).as_dict())
-        self.write(step, record)
+        if self._last is not None:  # the first step's time is mostly compilation: no throughput for it
+            last_step, last_time = self._last
+            assert self.throughput is not None
+            record["step_time_s"] = (now - last_time) / (step - last_step)
+            record.update(self.throughput.measure(step, step - last_step, now - last_time).as_dict())
+        self._last = (step, now)
+        if due:
+            self.write(step, record)
 
     def on_end(self, trainer: Trainer) -> None:
         if self.sinks is not None:

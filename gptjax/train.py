@@ -111,7 +111,7 @@ def make_train_step(run: RunConfig, tx: optax.GradientTransformation) -> Callabl
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = loss_sum / count
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -169,14 +169,15 @@ class Hook(Protocol):
 class Trainer:
     """Builds mesh, shardings, the jitted step and the (initialised or restored) state for one run."""
 
-    def __init__(self, run: RunConfig, hooks: list[Hook] | None = None) -> None:
+    def __init__(self, run: RunConfig, hooks: list[Hook] | None = None,
+                 devices: list[jax.Device] | None = None) -> None:
         from gptjax.checkpoint import Checkpointer
         from gptjax.data import make_dataset
 
         self.run_dir = Path(run.run_dir)
         self.run = _reconcile_with_saved_config(run, self.run_dir)
         run = self.run
-        self.mesh = sharding.make_mesh(run.mesh)
+        self.mesh = sharding.make_mesh(run.mesh, devices)
         self.rules = run.mesh.rules
         self.tx = make_optimizer(run)
         self.seq_len = run.sequence_length
