@@ -28,13 +28,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import jax
+
     from gptjax import decode
     from gptjax.runs import load_for_inference
 
     params, cfg, vocab = load_for_inference(args.run_dir, args.step)
+    options: dict = {"method": args.method, "num_beams": args.num_beams}
+    if args.method == "sample":
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       rng=jax.random.key(args.seed))
     text = decode.generate_text(params, cfg, vocab, [args.prompt], max_new_tokens=args.max_new_tokens,
-                                method=args.method, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, num_beams=args.num_beams, seed=args.seed)[0]
+                                until=args.until, eos_id=vocab.eos_id, left_truncate=True, **options)[0]
     print(args.prompt + text)
     return 0
 
@@ -44,7 +49,7 @@ def _hf_import(args: argparse.Namespace) -> int:
     from gptjax.runs import save_params
 
     cfg, params = hf.import_hf(args.hf_dir)
-    save_params(args.out, cfg, params)
+    save_params(args.out, cfg, params, vocab=args.vocab)
     print(f"imported {args.hf_dir} ({cfg.n_layer} layers, d_model {cfg.d_model}) into {args.out}")
     return 0
 
@@ -86,16 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=100)
     gen.add_argument("--method", choices=["greedy", "sample", "beam"], default="greedy")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--temperature", type=float, default=1.0, help="with --method sample")
+    gen.add_argument("--top-k", type=int, help="with --method sample")
+    gen.add_argument("--top-p", type=float, help="with --method sample")
     gen.add_argument("--num-beams", type=int, default=1)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--until", action="append", default=[], help="stop string (repeatable)")
     gen.set_defaults(func=_generate)
 
     imp = sub.add_parser("hf-import", help="import a local Hugging Face GPT-2 directory (safetensors)")
     imp.add_argument("hf_dir")
-    imp.add_argument("--out", required=True, help="gptjax model directory to write")
+    imp.add_argument("--out", required=True, help="gptjax run directory to write (checkpoint at step 0)")
+    imp.add_argument("--vocab", default="gpt2", help="vocabulary spec of the model (default gpt2)")
     imp.set_defaults(func=_hf_import)
 
     exp = sub.add_parser("hf-export", help="export a run's checkpoint as a Hugging Face GPT-2 directory")

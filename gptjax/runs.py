@@ -9,7 +9,6 @@ from typing import Any
 
 import jax
 import seqio
-from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax import train
 from gptjax.checkpoint import CheckpointError, Checkpointer
@@ -25,7 +24,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 def load_for_inference(run_dir: str | Path, step: int | None = None) -> tuple[Any, ModelConfig, seqio.Vocabulary]:
     """(params, model config, vocabulary) from a run's checkpoint (the latest unless `step` is given),
-    replicated on the local devices."""
+    on the first local device (callers that shard, like the eval layer, place them further)."""
     from gptjax.tokenizers import get_vocabulary
 
     run = read_run_config(run_dir)
@@ -34,8 +33,8 @@ def load_for_inference(run_dir: str | Path, step: int | None = None) -> tuple[An
     if step is None:
         raise CheckpointError(f"{Path(run_dir) / 'checkpoints'} holds no finished checkpoint")
     tx = train.make_optimizer(run)
-    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), train.abstract_state(run, tx))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, train.abstract_state(run, tx))
     state = checkpointer.restore(step, train.restore_target(run, tx, shardings))
     checkpointer.close()
     return state.params, run.model, get_vocabulary(run.data.vocab)
