@@ -241,6 +241,12 @@ class RunConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     peak_flops_per_device: float = 0.0  # 0 = from the device table, or measured on CPU
+    # Few-shot evaluation during training (eval/ task names); results go to <run_dir>/eval/<step>.json
+    # and their metrics into metrics.jsonl / TensorBoard as eval/<task>/<K>shot/<metric>.
+    eval_tasks: tuple[str, ...] = ()
+    eval_tasks_every: int = 0  # 0 = only at the end of the run
+    eval_shots: tuple[int, ...] = (0,)
+    eval_limit: int = 0  # documents per task; 0 = all
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every",
@@ -249,6 +255,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seq_len > self.model.n_ctx:
             raise ConfigError(f"seq_len={self.seq_len} exceeds model.n_ctx={self.model.n_ctx}")
+        if self.eval_tasks_every < 0 or self.eval_limit < 0:
+            raise ConfigError(f"eval_tasks_every={self.eval_tasks_every} and eval_limit={self.eval_limit} must be >= 0")
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by micro_batches={self.micro_batches}")
 

@@ -158,7 +158,53 @@ class CheckpointSaver:
             self._previous_handler = None
 
 
+class FewShotEval:
+    """Runs eval/ tasks on the current parameters every `run.eval_tasks_every` steps (and at the end):
+    the full results go to <run_dir>/eval/<step>.json, each metric to the sinks as
+    eval/<task>/<K>shot/<metric>, so in-context learning curves sit beside the loss curve."""
+
+    def __init__(self, logger: MetricsLogger) -> None:
+        self.logger = logger
+        self._last_step = -1
+
+    def on_start(self, trainer: Trainer) -> None:
+        from eval import get_spec
+
+        for task in trainer.run.eval_tasks:
+            get_spec(task)  # an unknown task fails now, not after hours of training
+        self._last_step = -1
+
+    def on_step(self, trainer: Trainer, step: int, metrics: dict[str, jax.Array]) -> None:
+        every = trainer.run.eval_tasks_every
+        if every and step % every == 0:
+            self._evaluate(trainer, step)
+
+    def on_end(self, trainer: Trainer) -> None:
+        if trainer.step != self._last_step:
+            self._evaluate(trainer, trainer.step)
+
+    def _evaluate(self, trainer: Trainer, step: int) -> None:
+        from eval import evaluate, write_results
+        from eval.gptjax_lm import GptjaxLM
+
+        run = trainer.run
+        lm = GptjaxLM(trainer.state.params, run.model, trainer.dataset.vocab, name=run.model.name,
+                      checkpoint=str(trainer.checkpointer.directory), step=step, mesh=trainer.mesh,
+                      param_shardings=trainer.state_shardings.params)
+        results = evaluate(lm, run.eval_tasks, shots=run.eval_shots, limit=run.eval_limit or None)
+        if jax.process_index() == 0:
+            write_results(trainer.run_dir / "eval" / f"{step}.json", results)
+        scalars = {f"eval/{r['task']}/{r['num_fewshot']}shot/{name}": value
+                   for r in results["results"] for name, value in r["metrics"].items()
+                   if isinstance(value, (int, float)) and not name.endswith("_stderr")}
+        self.logger.write(step, scalars)
+        self._last_step = step
+
+
 def default_hooks(trainer: Trainer, progress: bool = True) -> list[Hook]:
     run = trainer.run
     logger = MetricsLogger(run.log_every, progress=progress)
-    return [NonFiniteGuard(), logger, HeldOutLoss(logger, run.eval_every), CheckpointSaver(run.checkpoint_every)]
+    hooks: list[Hook] = [NonFiniteGuard(), logger, HeldOutLoss(logger, run.eval_every)]
+    if run.eval_tasks:
+        hooks.append(FewShotEval(logger))
+    return [*hooks, CheckpointSaver(run.checkpoint_every)]

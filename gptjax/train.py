@@ -270,7 +270,7 @@ def _flax_rules(rules: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[st
 
 # Keys a restarted run may change without invalidating its checkpoints.
 _RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                      "peak_flops_per_device", "mesh"}
+                      "peak_flops_per_device", "mesh", "eval_tasks", "eval_tasks_every", "eval_shots", "eval_limit"}
 
 
 def _reconcile_with_saved_config(run: RunConfig, run_dir: Path) -> RunConfig:

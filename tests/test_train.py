@@ -211,3 +211,17 @@ def test_learning_happens_on_tinyshakespeare(tmp_path, cache_dir):
     held_out = trainer.held_out_loss()
     print(f"held-out loss after {run.steps} steps: {held_out:.3f} nats/byte (train {losses[-1]:.3f})")
     assert held_out < 2.5
+
+
+def test_few_shot_eval_hook_logs_beside_the_loss(tmp_path, cache_dir):
+    run = small_run(tmp_path / "run", cache_dir, steps=2, eval_tasks="copa,piqa", eval_shots="0,1", eval_limit=4,
+                    eval_tasks_every=1, **{"model.vocab_size": 257})
+    _train(run)
+    for step in (1, 2):
+        results = json.loads((tmp_path / "run" / "eval" / f"{step}.json").read_text())
+        assert results["model"]["step"] == step
+        assert {(r["task"], r["num_fewshot"], r["num_docs"]) for r in results["results"]} == {
+            ("copa", 0, 4), ("copa", 1, 4), ("piqa", 0, 4), ("piqa", 1, 4)}
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["eval/piqa/1shot/acc_norm"] for r in logged if "eval/piqa/1shot/acc_norm" in r]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
