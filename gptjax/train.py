@@ -27,6 +27,8 @@ from gptjax.config import ConfigError, RunConfig, dumps, from_dict, to_dict
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
 
+DONE_MARKER = "DONE"  # written into the run directory once `steps` steps are complete
+
 # Purposes for key derivation: key(seed) -> fold_in(purpose) -> fold_in(step) -> fold_in(micro-batch).
 _INIT, _DROPOUT = 0, 1
 
@@ -247,6 +249,8 @@ class Trainer:
         self.stop_requested = True
 
     def train(self) -> TrainState:
+        if jax.process_index() == 0:
+            (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a run extended with more steps is not done
         for hook in self.hooks:
             hook.on_start(self)
         try:
@@ -261,6 +265,8 @@ class Trainer:
                 hook.on_end(self)
         finally:
             self.checkpointer.wait()  # an error never abandons a save that is already in flight
+        if self.step >= self.run.steps and jax.process_index() == 0:
+            (self.run_dir / DONE_MARKER).touch()  # tpu_scripts/resume_loop.sh stops relaunching
         return self.state
 
 
