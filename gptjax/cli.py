@@ -69,6 +69,7 @@ FORWARDED = {
     "eval": ("eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
     "report": ("eval.report", "report_command", "Markdown + HTML report from results JSON files"),
     "tokenizer": ("gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
+    "sweep": ("experiments.cli", "sweep_command", "run a model-size/tokens sweep, fit scaling laws, report"),
 }
 
 

@@ -24,7 +24,7 @@ def test_help_is_fast_and_lists_commands(tmp_path):
     result = _run("--help", cwd=tmp_path)
     elapsed = time.perf_counter() - start
     assert result.returncode == 0
-    for command in ("train", "eval", "report", "generate", "tokenizer", "hf-import", "hf-export"):
+    for command in ("train", "eval", "report", "sweep", "generate", "tokenizer", "hf-import", "hf-export"):
         assert command in result.stdout
     assert elapsed < 2.0, f"gptjax --help took {elapsed:.2f}s: something imports JAX/TF eagerly"
 

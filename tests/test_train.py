@@ -197,8 +197,10 @@ def test_changing_a_run_in_place_is_refused(tmp_path, cache_dir):
 
 
 def test_gradient_accumulation_equals_full_batch(tmp_path, cache_dir):
-    _, full = _train(small_run(tmp_path / "full", cache_dir, steps=3))
-    _, accumulated = _train(small_run(tmp_path / "accum", cache_dir, steps=3, micro_batches=4))
+    two = jax.devices()[:2]  # micro-batches of 2 rows must still divide over the data-parallel devices
+    _, full = _train(small_run(tmp_path / "full", cache_dir, steps=3, **{"mesh.data": 2}), devices=two)
+    _, accumulated = _train(small_run(tmp_path / "accum", cache_dir, steps=3, micro_batches=4, **{"mesh.data": 2}),
+                            devices=two)
     np.testing.assert_allclose(accumulated, full, rtol=1e-5)
 
 
