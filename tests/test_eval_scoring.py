@@ -1,0 +1,154 @@
+"""eval.scoring / eval.gptjax_lm: the batched, bucketed, sharded scorer against a one-request-at-a-time loop."""
+
+from __future__ import annotations
+
+import random
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+
+from eval.gptjax_lm import GptjaxLM
+from eval.requests import GenerationRequest
+from eval.scoring import BatchScorer, bucket_lengths
+from gptjax.config import ConfigError, ModelConfig
+from gptjax.model import forward, init_params
+from gptjax.tokenizers import get_vocabulary
+
+# init_std 0.2 gives O(1) logits, so agreement to 1e-5 is not trivially met.
+CFG = ModelConfig(vocab_size=257, n_ctx=64, n_layer=2, n_head=2, d_model=32, init_std=0.2)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def byte_vocab():
+    return get_vocabulary("byte")
+
+
+_forward_row = jax.jit(lambda p, tokens: forward(p, tokens, CFG)[0])
+
+
+def _logits(params, tokens: list[int]) -> np.ndarray:
+    """Logits of one sequence, alone in its row (right padding cannot reach it under the causal mask)."""
+    row = np.zeros((1, CFG.n_ctx), np.int32)
+    row[0, :len(tokens)] = tokens
+    return np.asarray(_forward_row(params, row), np.float64)[:len(tokens)]
+
+
+def _naive(params, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    """One request at a time, lm-eval's truncation, log-softmax then gather (as HFLM does)."""
+    whole = (ctx + cont)[-(CFG.n_ctx + 1):]
+    logits = _logits(params, whole[:-1])
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    rows, targets = log_probs[-len(cont):], np.array(whole[-len(cont):])
+    return float(rows[np.arange(len(cont)), targets].sum()), bool((rows.argmax(-1) == targets).all())
+
+
+def _random_requests(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    rnd = random.Random(seed)
+    requests = []
+    for _ in range(n):
+        ctx = [rnd.randrange(CFG.vocab_size) for _ in range(rnd.choice([1, 3, 10, 30, 60, 90]))]
+        cont = [rnd.randrange(CFG.vocab_size) for _ in range(rnd.choice([1, 2, 5, 20]))]
+        requests.append((ctx, cont))
+    return requests
+
+
+def _auto_mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
+    requests = _random_requests(40)
+    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256,
+                         mesh=_auto_mesh() if sharded else None)
+    got = scorer(requests)
+    for (ctx, cont), (logprob, greedy) in zip(requests, got):
+        want_lp, want_greedy = _naive(params, ctx, cont)
+        assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
+        assert greedy == want_greedy
+    # A few compiled shapes, each a fixed (rows, bucket length); with a mesh, rows divide over 8 devices.
+    assert {length for _, length in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
+    assert all(rows % (8 if sharded else 1) == 0 for rows, _ in scorer.stats.shapes)
+
+
+def test_greedy_flag_is_true_for_the_argmax_continuation(params) -> None:
+    ctx = [5, 6, 7]
+    logits = _logits(params, ctx)[-1]
+    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256)
+    best, other = int(logits.argmax()), int(logits.argmin())
+    assert [g for _, g in scorer([(ctx, [best]), (ctx, [other])])] == [True, False]
+
+
+def test_identical_requests_run_once(params) -> None:
+    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256)
+    requests = _random_requests(5)
+    results = scorer(requests + requests[::-1] + requests[:2])
+    assert scorer.stats.requests == 12 and scorer.stats.unique == 5
+    assert results[:5] == results[5:10][::-1] and results[10:] == results[:2]
+
+
+def test_bucket_lengths() -> None:
+    assert bucket_lengths(64) == [16, 32, 64]
+    assert bucket_lengths(100, min_bucket=32) == [32, 64, 100]
+
+
+def test_explicit_mesh_axes_are_rejected(params) -> None:
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
+    with pytest.raises(ValueError, match="needs AxisType.Auto axes"):
+        BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, mesh=mesh)
+
+
+def test_vocab_mismatch_is_a_clear_error(params) -> None:
+    with pytest.raises(ConfigError, match=r"vocab_size=257 but tokenizer 'gpt2-bpe-\w+' has 50257 ids"):
+        GptjaxLM(params, CFG, get_vocabulary("gpt2"))
+
+
+def test_lm_scores_strings_and_long_continuations(params, byte_vocab) -> None:
+    lm = GptjaxLM(params, CFG, byte_vocab, batch_tokens=256, mesh=_auto_mesh())
+    assert lm.info.params > lm.info.non_embedding_params > 0 and lm.tokenizer_name == "byte"
+    short, long = ("Question: why?\nAnswer:", " because"), ("x" * 50, " " + "long continuation " * 6)
+    results = lm.loglikelihood([short, long])
+    ctx, cont = list(b"Question: why?\nAnswer:"), list(b" because")
+    assert results[0].logprob == pytest.approx(_naive(params, ctx, cont)[0], abs=1e-5)
+    assert not results[0].truncated and results[1].truncated
+    # A continuation longer than the window is scored in window-sized chunks, each with its left context.
+    ctx, cont = list(long[0].encode()), list(long[1].encode())
+    chunks = [_naive(params, ctx + cont[:s], cont[s:s + CFG.n_ctx])[0] for s in range(0, len(cont), CFG.n_ctx)]
+    assert len(chunks) == 2 and results[1].logprob == pytest.approx(sum(chunks), abs=1e-4)
+
+
+def test_rolling_loglikelihood_sums_disjoint_windows(params, byte_vocab) -> None:
+    lm = GptjaxLM(params, CFG, byte_vocab, batch_tokens=256)
+    text = "The quick brown fox jumps over the lazy dog. " * 4  # 180 bytes: three windows of 64
+    tokens = list(text.encode())
+    want = _naive(params, [byte_vocab.eos_id], tokens[:64])[0]
+    want += sum(_naive(params, tokens[:s], tokens[s:s + 64])[0] for s in range(64, len(tokens), 64))
+    assert lm.loglikelihood_rolling([text])[0] == pytest.approx(want, abs=1e-4)
+
+
+def test_generate_until_is_greedy_and_cut_at_stop_strings(params, byte_vocab) -> None:
+    lm = GptjaxLM(params, CFG, byte_vocab, max_gen_toks=12, generate_batch_size=4)
+    contexts = ["Question: what?\nAnswer:", "abc", "x" * 100]  # the last is left-truncated to 64 - 12 tokens
+    got = lm.generate_until([GenerationRequest(c, ("\n", "."), None) for c in contexts])
+    for context, text in zip(contexts, got):
+        tokens = list(context.encode())[-(CFG.n_ctx - 12):]
+        for _ in range(12):
+            tokens.append(int(_logits(params, tokens)[-1].argmax()))
+        want = byte_vocab.decode(tokens[-12:])
+        for stop in ("\n", ".", "<|endoftext|>"):
+            want = want.split(stop)[0]
+        assert text == want
+
+
+def test_models_with_equal_configs_share_compiled_programs(params, byte_vocab) -> None:
+    """In-training evaluation builds a GptjaxLM per evaluation; it must not recompile every time."""
+    first, second = (GptjaxLM(params, CFG, byte_vocab, batch_tokens=256) for _ in range(2))
+    assert first.scorer._score is second.scorer._score
