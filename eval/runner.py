@@ -158,5 +158,7 @@ def write_results(path: str | Path, results: dict[str, Any], include_samples: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     if not include_samples:
         results = {**results, "results": [{k: v for k, v in r.items() if k != "samples"} for r in results["results"]]}
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: never a half-written file
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
