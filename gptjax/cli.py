@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(err: Exception) -> bool:
     """gptjax's own errors and missing files describe bad input and name the offending values:
     they are printed without a traceback. Anything else is a bug and keeps its traceback."""
-    return isinstance(err, FileNotFoundError) or type(err).__module__.split(".")[0] in ("gptjax", "eval")
+    return isinstance(err, FileNotFoundError) or type(err).__module__.split(".")[0] in ("gptjax", "eval", "experiments")
 
 
 if __name__ == "__main__":

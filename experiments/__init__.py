@@ -1,0 +1,16 @@
+"""Scaling experiments: sweep files -> one gptjax run per point -> registry -> scaling-law fits -> report.
+
+| module | job |
+|---|---|
+| `sweep.py` | sweep TOML files: base config + axes (presets, steps or tokens, seeds) -> points |
+| `runner.py` | `run_sweep`: train the points in turn, skip finished ones, record failures |
+| `registry.py` | `registry.jsonl`, one record per finished point, rebuilt from the run directories |
+| `fits.py` | Kaplan power laws, L = E + A/N^alpha, Chinchilla's L(N, D); bootstrap uncertainties |
+| `analysis.py` | which points each law is fitted to; learning curves |
+| `plots.py` | the report's matplotlib plots |
+| `report.py` | `build_sweep_report`: report.md and a self-contained report.html |
+| `cli.py` | `gptjax sweep` |
+| `sweeps/` | embedded sweep files (`tiny_ladder.toml` is the default) |
+
+Modules are imported on use: this package imports nothing heavy.
+"""

@@ -1,0 +1,190 @@
+"""Sweep files: a base run config and the axes swept over it, expanded into one run config per point.
+
+```toml
+name = "my_sweep"                      # default: the file's stem; names the default output directory
+description = "what the sweep is for"  # optional, shown in the report
+
+[base]
+overrides = ["batch_size=16", "seq_len=64", "optim.learning_rate=3e-3"]   # `gptjax train` key=value
+# preset = "tiny-200k"                 # the model, when [axes].presets does not sweep it
+
+[axes]
+presets = ["tiny-25k", "tiny-80k"]     # model sizes (or [base].preset: one of the two)
+steps = [100, 200]                     # training lengths, or instead:
+# tokens = [1e5, 2e5]                  # token budgets: steps = ceil(tokens / (batch_size * seq_len))
+seeds = [0, 1]                         # RunConfig.seed (initialisation and dropout); the data order is fixed
+```
+
+Points are the product presets x steps (or tokens) x seeds, in that order, each named
+`<preset>_<steps>steps_seed<seed>` (or `<preset>_<tokens>tok_seed<seed>`), so a point keeps its name and
+run directory when other values are added to an axis. A point's preset is only looked up when the point
+runs, so one bad value fails that point alone; everything else in the file is checked on loading.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptjax.config import ConfigError, RunConfig, get_preset, override
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "sweeps"
+_TOP_KEYS = {"name", "description", "base", "axes"}
+_BASE_KEYS = {"preset", "overrides"}
+_AXIS_KEYS = {"presets", "steps", "tokens", "seeds"}
+_SET_BY_SWEEP = {"run_dir", "steps", "seed"}  # keys the sweep sets itself; overriding them is an error
+
+
+class SweepFileError(ValueError):
+    """A sweep file is malformed; the message names the file, the key and the value."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: a model preset trained for a number of steps or a token budget from one seed."""
+
+    name: str
+    preset: str
+    seed: int
+    steps: int | None  # exactly one of steps and tokens is set
+    tokens: int | None
+
+    def run_config(self, sweep: Sweep, run_dir: Path) -> RunConfig:
+        """The full run config of this point (raises ConfigError for an unknown preset)."""
+        run = override(RunConfig(model=get_preset(self.preset)), [*sweep.overrides, f"run_dir={run_dir}",
+                                                                  f"seed={self.seed}"])
+        steps = self.steps
+        if steps is None:
+            assert self.tokens is not None
+            steps = math.ceil(self.tokens / (run.batch_size * run.sequence_length))
+        return override(run, [f"steps={steps}"])
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file; `text` is the file itself, copied into the sweep directory for provenance."""
+
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+    points: tuple[Point, ...]
+    text: str
+
+
+def embedded_sweeps() -> dict[str, Path]:
+    """The sweeps shipped in experiments/sweeps, by name."""
+    return {path.stem: path for path in sorted(EMBEDDED_DIR.glob("*.toml"))}
+
+
+def resolve_sweep_file(spec: str | Path) -> Path:
+    """A path to a sweep file, or the name of an embedded sweep (e.g. `tiny_ladder`)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    embedded = embedded_sweeps()
+    if str(spec) in embedded:
+        return embedded[str(spec)]
+    raise FileNotFoundError(f"sweep file {spec} does not exist and is not an embedded sweep "
+                            f"(embedded: {', '.join(sorted(embedded))})")
+
+
+def _list(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> list[Any] | None:
+    if key not in table:
+        return None
+    values = table[key]
+    if not isinstance(values, list) or not values:
+        raise SweepFileError(f"{where}.{key} must be a non-empty list, got {values!r}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise SweepFileError(f"{where}.{key} must hold {names} values, got {value!r}")
+    if len(set(values)) != len(values):
+        raise SweepFileError(f"{where}.{key} repeats a value: {values!r}")
+    return values
+
+
+def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise SweepFileError(f"{where} has unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    table = data.get(key, {})
+    if not isinstance(table, dict):
+        raise SweepFileError(f"{where}: [{key}] must be a table, got {table!r}")
+    return table
+
+
+def _tokens_label(tokens: int) -> str:
+    """An exact short form: 102400 -> 102.4k, 2000000 -> 2M, 1234567 -> 1234.567k."""
+    for divisor, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if tokens >= divisor and tokens % (divisor // 1000) == 0:
+            return f"{tokens / divisor:.3f}".rstrip("0").rstrip(".") + suffix
+    return str(tokens)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a sweep file (see the module docstring for its format)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SweepFileError(f"{path} is not valid TOML: {err}") from None
+    where = str(path)
+    _unknown(data, _TOP_KEYS, where)
+    base, axes = _table(data, "base", where), _table(data, "axes", where)
+    _unknown(base, _BASE_KEYS, f"{where} [base]")
+    _unknown(axes, _AXIS_KEYS, f"{where} [axes]")
+    name = data.get("name", path.stem)
+    description = data.get("description", "")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise SweepFileError(f"{where}: name must be a non-empty string without '/', got {name!r}")
+    if not isinstance(description, str):
+        raise SweepFileError(f"{where}: description must be a string, got {description!r}")
+
+    overrides = base.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise SweepFileError(f"{where} [base].overrides must be a list of \"key=value\" strings, got {overrides!r}")
+    swept = sorted({o.split("=", 1)[0].strip() for o in overrides} & _SET_BY_SWEEP)
+    if swept:
+        raise SweepFileError(f"{where} [base].overrides sets {', '.join(swept)}, which the sweep sets per point "
+                             "(use [axes] steps/tokens/seeds; run directories go under the sweep directory)")
+    try:
+        override(RunConfig(), overrides)  # a bad key or value fails the whole sweep now, not every point later
+    except ConfigError as err:
+        raise SweepFileError(f"{where} [base].overrides: {err}") from None
+
+    presets = _list(axes, "presets", str, f"{where} [axes]")
+    if "preset" in base and presets is not None:
+        raise SweepFileError(f"{where}: give the model as [base].preset or as [axes].presets, not both")
+    if presets is None:
+        if not isinstance(base.get("preset"), str):
+            raise SweepFileError(f"{where}: name the model(s) with [axes].presets or [base].preset")
+        presets = [base["preset"]]
+    steps = _list(axes, "steps", int, f"{where} [axes]")
+    tokens = _list(axes, "tokens", (int, float), f"{where} [axes]")
+    if (steps is None) == (tokens is None):
+        raise SweepFileError(f"{where} [axes] must give exactly one of steps and tokens")
+    seeds = _list(axes, "seeds", int, f"{where} [axes]") or [0]
+    if any(t != int(t) for t in tokens or []):
+        raise SweepFileError(f"{where} [axes].tokens must be whole numbers of tokens, got {tokens}")
+    for key, values in (("steps", steps), ("tokens", tokens), ("seeds", seeds)):
+        bad = [v for v in values or [] if v < (0 if key == "seeds" else 1)]
+        if bad:
+            raise SweepFileError(f"{where} [axes].{key} must be {'>= 0' if key == 'seeds' else 'positive'}, "
+                                 f"got {bad}")
+
+    lengths: list[tuple[int | None, int | None, str]] = (
+        [(s, None, f"{s}steps") for s in steps] if steps is not None
+        else [(None, int(t), f"{_tokens_label(int(t))}tok") for t in tokens or []])
+    points = tuple(Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t)
+                   for preset in presets for s, t, label in lengths for seed in seeds)
+    return Sweep(name, description, tuple(overrides), points, text)
+
+
+__all__ = ["Point", "Sweep", "SweepFileError", "embedded_sweeps", "load_sweep", "resolve_sweep_file"]
