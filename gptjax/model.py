@@ -56,6 +56,32 @@ class LayerNorm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
+@jax.custom_vjp
+def _materialize_gradient(x: Array) -> Array:
+    """Identity whose gradient is materialised once per block.
+
+    The residual stream's gradient is a running sum over all later layers. Left alone, XLA:CPU fuses that
+    sum into every consumer and recomputes it there, so the backward pass grows quadratically with depth
+    (measured on the 4-layer nano benchmark: backward 7x the forward pass; the train step 2.9x faster with this).
+    """
+    return x
+
+
+def _materialize_gradient_fwd(x: Array) -> tuple[Array, None]:
+    return x, None
+
+
+def _materialize_gradient_bwd(_: None, g: Array) -> tuple[Array]:
+    if jax.default_backend() == "cpu":
+        # XLA:CPU removes optimization barriers before fusing, but never fuses a matmul into its
+        # consumers; multiplying by the identity is exact and costs 2*d_model FLOPs per token.
+        return (g @ jnp.eye(g.shape[-1], dtype=g.dtype),)
+    return (jax.lax.optimization_barrier(g),)
+
+
+_materialize_gradient.defvjp(_materialize_gradient_fwd, _materialize_gradient_bwd)
+
+
 def _residual_std(cfg: ModelConfig) -> float:
     return cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.scale_residual_init else cfg.init_std
 
@@ -117,7 +143,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, layer_cache: dict[str, Array] | None, cache_index: Array | None,
                  deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
-        x = nn.with_logical_constraint(x, ACT_HIDDEN)
+        x = _materialize_gradient(nn.with_logical_constraint(x, ACT_HIDDEN))
         attn, mlp = Attention(self.cfg, name="attn"), MLP(self.cfg, name="mlp")
         ln_1, ln_2 = LayerNorm(self.cfg, name="ln_1"), LayerNorm(self.cfg, name="ln_2")
         if self.cfg.norm == "pre":
