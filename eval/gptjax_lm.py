@@ -13,16 +13,16 @@ from jax.sharding import Mesh
 
 from eval.lm import DEFAULT_MAX_GEN_TOKS, ModelInfo, TokenizedLM
 from eval.requests import Tokenizer, Tokens
-from eval.scoring import BatchScorer
+from eval.scoring import BatchScorer, LogitsFn
 from gptjax import decode
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import forward, param_count
 
 
 @functools.lru_cache(maxsize=16)
-def _logits_fn(cfg: ModelConfig) -> Callable[[Any, jax.Array], jax.Array]:
+def _logits_fn(cfg: ModelConfig) -> LogitsFn:
     """The same function object for equal configs, so compiled scorers are shared (see scoring._jitted)."""
-    return lambda params, tokens: forward(params, tokens, cfg)
+    return lambda params, tokens, positions: forward(params, tokens, cfg, logit_positions=positions)
 
 
 class GptjaxLM(TokenizedLM):
@@ -33,7 +33,7 @@ class GptjaxLM(TokenizedLM):
 
     def __init__(self, params: Any, cfg: ModelConfig, tokenizer: Tokenizer, *, name: str | None = None,
                  checkpoint: str | None = None, step: int | None = None, mesh: Mesh | None = None,
-                 batch_axes: Sequence[str] | None = None, param_shardings: Any = None, batch_tokens: int = 8192,
+                 batch_axes: Sequence[str] | None = None, param_shardings: Any = None, batch_tokens: int = 1024,
                  max_gen_toks: int | None = None, generate_batch_size: int = 32) -> None:
         if cfg.vocab_size != tokenizer.vocab_size:
             raise ConfigError(f"the model has vocab_size={cfg.vocab_size} but tokenizer {tokenizer.name!r} has "

@@ -23,7 +23,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from eval.requests import Tokens, model_input
 
-LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (params, tokens [batch, length]) -> fp32 logits
+# (params, tokens [batch, length], positions [batch, n]) -> fp32 logits [batch, n, vocab] at those positions
+LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 BATCH_AXIS_NAMES = ("data", "fsdp")  # the trainer mesh's batch axes (gptjax.config.DEFAULT_RULES)
 
 
@@ -33,7 +34,7 @@ class ScoreStats:
     unique: int = 0  # requests actually run after deduplication
     rows: int = 0  # rows computed, padding rows included
     batches: int = 0
-    shapes: set[tuple[int, int]] = field(default_factory=set)  # (rows, length) of every batch run
+    shapes: set[tuple[int, int, int]] = field(default_factory=set)  # (rows, length, scored width) per batch
 
 
 def bucket_lengths(max_length: int, min_bucket: int = 16) -> list[int]:
@@ -46,10 +47,11 @@ def bucket_lengths(max_length: int, min_bucket: int = 16) -> list[int]:
     return buckets + [max_length]
 
 
-def _score_rows(logits_fn: LogitsFn, params: Any, tokens: jax.Array, targets: jax.Array,
+def _score_rows(logits_fn: LogitsFn, params: Any, tokens: jax.Array, positions: jax.Array, targets: jax.Array,
                 mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per row: sum of log P(target) over masked positions, and whether every masked target is the argmax."""
-    logits = logits_fn(params, tokens).astype(jnp.float32)
+    """Per row: sum of log P(target) over the masked scored positions, and whether every masked target is
+    the argmax. Only `positions` (the continuation's, right-aligned in a power-of-two width) get logits."""
+    logits = logits_fn(params, tokens, positions).astype(jnp.float32)
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logprobs = target_logits - jax.nn.logsumexp(logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1) == targets
@@ -67,11 +69,11 @@ class BatchScorer:
     """Callable on a list of (context, continuation) token requests -> [(sum log-prob, is_greedy)];
     `stats` counts requests, deduplicated requests, rows, batches and compiled shapes."""
 
-    def __init__(self, logits_fn: LogitsFn, params: Any, max_length: int, *, batch_tokens: int = 8192,
+    def __init__(self, logits_fn: LogitsFn, params: Any, max_length: int, *, batch_tokens: int = 1024,
                  min_bucket: int = 16, mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None,
                  param_shardings: Any = None) -> None:
-        if batch_tokens < max_length:
-            raise ValueError(f"batch_tokens={batch_tokens} must be at least the window max_length={max_length}")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens={batch_tokens} must be positive")
         self.max_length = max_length
         self.batch_tokens = batch_tokens
         self.buckets = bucket_lengths(max_length, min_bucket)
@@ -129,19 +131,24 @@ class BatchScorer:
 
     def _run_batch(self, rows: list[tuple[Tokens, Tokens, int]], n_rows: int,
                    length: int) -> tuple[np.ndarray, np.ndarray]:
+        scored = [min(n_cont, len(inputs)) for inputs, _, n_cont in rows]
+        width = min(length, 1 << max(max(scored) - 1, 0).bit_length())  # power of two >= longest continuation
         tokens = np.zeros((n_rows, length), np.int32)
-        targets = np.zeros((n_rows, length), np.int32)
-        mask = np.zeros((n_rows, length), bool)
-        for r, (inputs, target, n_cont) in enumerate(rows):
+        positions = np.zeros((n_rows, width), np.int32)
+        targets = np.zeros((n_rows, width), np.int32)
+        mask = np.zeros((n_rows, width), bool)
+        for r, ((inputs, target, _), n_scored) in enumerate(zip(rows, scored)):
             n = len(inputs)
             tokens[r, :n] = inputs
-            targets[r, :n] = target
-            mask[r, n - n_cont:n] = True
-        arrays = [self._place(a) for a in (tokens, targets, mask)]
+            cols = np.arange(n - n_scored, n)  # the continuation's positions, right-aligned in the width
+            positions[r, width - n_scored:] = cols
+            targets[r, width - n_scored:] = np.asarray(target)[cols]
+            mask[r, width - n_scored:] = True
+        arrays = [self._place(a) for a in (tokens, positions, targets, mask)]
         sums, greedy = self._score(self.params, *arrays)
         self.stats.rows += n_rows
         self.stats.batches += 1
-        self.stats.shapes.add((n_rows, length))
+        self.stats.shapes.add((n_rows, length, width))
         return np.asarray(sums), np.asarray(greedy)
 
     def _place(self, array: np.ndarray) -> jax.Array | np.ndarray:

@@ -177,7 +177,8 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
-                 cache: Cache | None = None, deterministic: bool = True) -> tuple[Array, Cache | None]:
+                 cache: Cache | None = None, deterministic: bool = True,
+                 logit_positions: Array | None = None) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         batch, length = tokens.shape
@@ -211,6 +212,8 @@ class GPT(nn.Module):
             new_layers.append(new_layer)
         if cfg.final_norm:
             x = LayerNorm(cfg, name="ln_f")(x)
+        if logit_positions is not None:  # project only where the caller needs logits (eval scoring)
+            x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)
         if cfg.tie_embeddings:
             head = wte.T
         else:
@@ -249,11 +252,17 @@ def logical_axes(cfg: ModelConfig) -> Params:
 
 
 def forward(params: Params, tokens: Array, cfg: ModelConfig, *, segment_ids: Array | None = None,
-            positions: Array | None = None, dropout_rng: Array | None = None) -> Array:
-    """fp32 logits [batch, length, vocab]. Dropout is applied iff `dropout_rng` is given."""
+            positions: Array | None = None, dropout_rng: Array | None = None,
+            logit_positions: Array | None = None) -> Array:
+    """fp32 logits [batch, length, vocab]. Dropout is applied iff `dropout_rng` is given.
+
+    With `logit_positions` [batch, n] (indices into length), logits [batch, n, vocab] at just those
+    positions: with a 50k vocabulary the LM head dominates, so scoring a few continuation tokens should
+    not pay for projecting every position.
+    """
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     logits, _ = GPT(cfg).apply({"params": params}, tokens, segment_ids, positions,
-                               deterministic=dropout_rng is None, rngs=rngs)
+                               deterministic=dropout_rng is None, rngs=rngs, logit_positions=logit_positions)
     return logits
 
 

@@ -33,6 +33,10 @@ def byte_vocab():
 _forward_row = jax.jit(lambda p, tokens: forward(p, tokens, CFG)[0])
 
 
+def _logits_at(params, tokens, positions):
+    return forward(params, tokens, CFG, logit_positions=positions)
+
+
 def _logits(params, tokens: list[int]) -> np.ndarray:
     """Logits of one sequence, alone in its row (right padding cannot reach it under the causal mask)."""
     row = np.zeros((1, CFG.n_ctx), np.int32)
@@ -67,28 +71,29 @@ def _auto_mesh() -> jax.sharding.Mesh:
 @pytest.mark.parametrize("sharded", [False, True])
 def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
     requests = _random_requests(40)
-    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256,
+    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256,
                          mesh=_auto_mesh() if sharded else None)
     got = scorer(requests)
     for (ctx, cont), (logprob, greedy) in zip(requests, got):
         want_lp, want_greedy = _naive(params, ctx, cont)
         assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
         assert greedy == want_greedy
-    # A few compiled shapes, each a fixed (rows, bucket length); with a mesh, rows divide over 8 devices.
-    assert {length for _, length in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
-    assert all(rows % (8 if sharded else 1) == 0 for rows, _ in scorer.stats.shapes)
+    # A few compiled shapes, each a fixed (rows, bucket length, scored width); with a mesh, rows divide over 8.
+    assert {length for _, length, _ in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
+    assert all(rows % (8 if sharded else 1) == 0 for rows, _, _ in scorer.stats.shapes)
+    assert all(width & (width - 1) == 0 for _, _, width in scorer.stats.shapes)  # powers of two
 
 
 def test_greedy_flag_is_true_for_the_argmax_continuation(params) -> None:
     ctx = [5, 6, 7]
     logits = _logits(params, ctx)[-1]
-    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256)
+    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256)
     best, other = int(logits.argmax()), int(logits.argmin())
     assert [g for _, g in scorer([(ctx, [best]), (ctx, [other])])] == [True, False]
 
 
 def test_identical_requests_run_once(params) -> None:
-    scorer = BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, batch_tokens=256)
+    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256)
     requests = _random_requests(5)
     results = scorer(requests + requests[::-1] + requests[:2])
     assert scorer.stats.requests == 12 and scorer.stats.unique == 5
@@ -103,7 +108,7 @@ def test_bucket_lengths() -> None:
 def test_explicit_mesh_axes_are_rejected(params) -> None:
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
     with pytest.raises(ValueError, match="needs AxisType.Auto axes"):
-        BatchScorer(lambda p, t: forward(p, t, CFG), params, CFG.n_ctx, mesh=mesh)
+        BatchScorer(_logits_at, params, CFG.n_ctx, mesh=mesh)
 
 
 def test_vocab_mismatch_is_a_clear_error(params) -> None:

@@ -193,3 +193,12 @@ def test_logical_axes_cover_every_parameter():
     assert len(flat_specs) == len(jax.tree.leaves(abstract))
     assert specs["wte"] == jax.sharding.PartitionSpec("vocab", "embed")
     assert specs["h_0"]["mlp"]["fc_kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
+
+
+def test_logits_at_positions_equal_the_full_projection():
+    cfg = config.get_preset("tiny-25k")
+    params, tokens = _random_setup(cfg)
+    positions = jnp.array([[0, 5, 23], [7, 7, 1]])
+    full = model.forward(params, tokens, cfg)
+    at = model.forward(params, tokens, cfg, logit_positions=positions)
+    np.testing.assert_allclose(at, jnp.take_along_axis(full, positions[..., None], axis=1), atol=1e-6)
