@@ -10,8 +10,6 @@ the two cannot drift apart.
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import math
 import re
@@ -27,6 +25,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
+
+from eval import document
 
 # The metric GPT-3 reports for each task family. A key matches the task of that name, or a task that starts
 # with it followed by a separator (`arc` matches `arc_easy`); the longest matching key wins.
@@ -469,118 +469,6 @@ def _plot_aggregate(aggregates: Sequence[_Aggregate], runs: Sequence[ModelRun], 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The document: a list of blocks, rendered once as Markdown and once as HTML.
-
-
-@dataclass(frozen=True)
-class _Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class _Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class _Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    right: frozenset[int]  # indices of numeric columns, right-aligned
-
-
-@dataclass(frozen=True)
-class _Figure:
-    png: Path
-    caption: str
-
-
-@dataclass(frozen=True)
-class _Details:
-    """A long text (an example prompt): collapsed in HTML, a fenced block in Markdown."""
-
-    summary: str
-    text: str
-
-
-_Block = _Heading | _Text | _Table | _Figure | _Details
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown(blocks: Sequence[_Block], out_dir: Path) -> str:
-    parts = []
-    for block in blocks:
-        match block:
-            case _Heading(level, text):
-                parts.append(f"{'#' * level} {text}")
-            case _Text(text):
-                parts.append(text)
-            case _Table(header, rows, right):
-                align = ["---:" if i in right else "---" for i in range(len(header))]
-                lines = [header, align, *rows]
-                parts.append("\n".join("| " + " | ".join(_md_cell(c) for c in line) + " |" for line in lines))
-            case _Figure(png, caption):
-                parts.append(f"![{caption}]({png.relative_to(out_dir).as_posix()})\n\n*{caption}*")
-            case _Details(summary, text):
-                longest_run = max((len(m) for m in re.findall(r"`+", text)), default=0)
-                fence = "`" * max(3, longest_run + 1)  # a fence the prompt itself cannot close
-                parts.append(f"**{summary}**\n\n{fence}text\n{text}\n{fence}")
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
-th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; white-space: nowrap; }
-thead th { border-bottom: 2px solid #444; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { width: 520px; max-width: 100%; }
-figcaption { font-size: 0.9em; color: #555; max-width: 520px; }
-details { margin: 0.4em 0; }
-summary { cursor: pointer; }
-pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; white-space: pre-wrap; font-size: 0.85em; }
-"""
-
-
-def _html_table(table: _Table) -> str:
-    def row(cells: Sequence[str], tag: str) -> str:
-        attrs = [' class="num"' if i in table.right else "" for i in range(len(cells))]
-        return "<tr>" + "".join(f"<{tag}{a}>{html.escape(c)}</{tag}>" for a, c in zip(attrs, cells)) + "</tr>"
-
-    body = "\n".join(row(r, "td") for r in table.rows)
-    return f"<table>\n<thead>{row(table.header, 'th')}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _html(blocks: Sequence[_Block], title: str) -> str:
-    """A single well-formed document: plots are embedded as base64 PNG, so it can be mailed or archived."""
-    parts = []
-    for block in blocks:
-        match block:
-            case _Heading(level, text):
-                parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            case _Text(text):
-                parts.append(f"<p>{html.escape(text)}</p>")
-            case _Table():
-                parts.append(_html_table(block))
-            case _Figure(png, caption):
-                data = base64.b64encode(png.read_bytes()).decode("ascii")
-                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"/>'
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-            case _Details(summary, text):
-                parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
-                             "</details>")
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n<title>{html.escape(title)}'
-            f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Report sections.
 
 _TITLE = "Few-shot evaluation report"
@@ -590,31 +478,31 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _summary(runs: Sequence[ModelRun], formats: Mapping[str, _Format]) -> list[_Block]:
+def _summary(runs: Sequence[ModelRun], formats: Mapping[str, _Format]) -> list[document.Block]:
     rows = tuple((task, fmt.header, str(k), *(fmt.cell(run.result(task, k)) for run in runs))
                  for task, fmt in formats.items() for k in _ks(runs, task))
     return [
-        _Heading(2, "Results"),
-        _Text(f"{_plural(len(runs), 'results file')} (one model checkpoint each), one primary metric per "
+        document.Heading(2, "Results"),
+        document.Text(f"{_plural(len(runs), 'results file')} (one model checkpoint each), one primary metric per "
               "task (↑ higher is better, ↓ lower is better). Accuracy-style metrics are percentages; values are "
               "± one standard error; — marks a task and K a model was not evaluated on."),
-        _Table(("Task", "Metric", "K", *(run.label for run in runs)), rows,
+        document.Table(("Task", "Metric", "K", *(run.label for run in runs)), rows,
                frozenset(range(2, 3 + len(runs)))),
     ]
 
 
 def _scaling_section(runs: Sequence[ModelRun], scaling: Sequence[ModelRun], kind: ParamsKind, plots: _Plots,
-                     formats: Mapping[str, _Format]) -> list[_Block]:
-    blocks: list[_Block] = [_Heading(2, "Scaling with model size")]
+                     formats: Mapping[str, _Format]) -> list[document.Block]:
+    blocks: list[document.Block] = [document.Heading(2, "Scaling with model size")]
     if len(scaling) < 2:
-        return blocks + [_Text("All results come from one model size, so there are no plots against "
+        return blocks + [document.Text("All results come from one model size, so there are no plots against "
                                "parameter count.")]
     axis = "non-embedding parameters" if kind == "non_embedding_params" else "parameters including embeddings"
-    blocks.append(_Text(f"Model size is counted in {axis}."))
+    blocks.append(document.Text(f"Model size is counted in {axis}."))
     plotted = {run.label for run in scaling}
     left_out = [run.label for run in runs if run.label not in plotted]
     if left_out:
-        blocks.append(_Text("One run per model size is plotted (where several share a size, the one with the "
+        blocks.append(document.Text("One run per model size is plotted (where several share a size, the one with the "
                             f"most results, then the latest step); left out of these plots: {', '.join(left_out)}."))
     if plots.aggregate is not None:
         aggregates = plots.aggregates
@@ -622,26 +510,26 @@ def _scaling_section(runs: Sequence[ModelRun], scaling: Sequence[ModelRun], kind
             averaged = f"averaged over {', '.join(aggregates[0].tasks)}"
         else:
             averaged = "averaged over " + "; ".join(f"K={a.k}: {', '.join(a.tasks)}" for a in aggregates)
-        blocks.append(_Figure(plots.aggregate, f"Mean primary accuracy against model size, one line per K, "
+        blocks.append(document.Figure(plots.aggregate, f"Mean primary accuracy against model size, one line per K, "
                                               f"{averaged} (tasks every plotted model has at that K)."))
     for task, png in plots.scaling.items():
         ks = ", ".join(str(k) for k in _ks(scaling, task))
-        blocks.append(_Figure(png, f"{task}: {formats[task].metric} against model size for K = {ks}."))
+        blocks.append(document.Figure(png, f"{task}: {formats[task].metric} against model size for K = {ks}."))
     return blocks
 
 
-def _k_section(runs: Sequence[ModelRun], plots: _Plots, formats: Mapping[str, _Format]) -> list[_Block]:
-    blocks: list[_Block] = [_Heading(2, "Performance against the number of examples in context")]
-    blocks += [_Figure(png, f"{task}: {formats[task].metric} against K, one line per model.")
+def _k_section(runs: Sequence[ModelRun], plots: _Plots, formats: Mapping[str, _Format]) -> list[document.Block]:
+    blocks: list[document.Block] = [document.Heading(2, "Performance against the number of examples in context")]
+    blocks += [document.Figure(png, f"{task}: {formats[task].metric} against K, one line per model.")
                for task, png in plots.by_k.items()]
     single = [f"{task} (K={_ks(runs, task)[0]})" for task in formats if task not in plots.by_k]
     if single:
-        blocks.append(_Text(f"Evaluated at a single K, so not plotted against K: {', '.join(single)}."))
+        blocks.append(document.Text(f"Evaluated at a single K, so not plotted against K: {', '.join(single)}."))
     return blocks
 
 
-def _all_metrics(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[_Block]:
-    blocks: list[_Block] = [_Heading(2, "All metrics")]
+def _all_metrics(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[document.Block]:
+    blocks: list[document.Block] = [document.Heading(2, "All metrics")]
     for task in tasks:
         results = [r for run in runs for r in run.results if r.task == task]
         formats = [_Format.of(metric, results) for metric in _metric_names(results)]
@@ -649,18 +537,18 @@ def _all_metrics(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[_Block]
                       *(fmt.cell(r) for fmt in formats))
                      for run in runs for r in sorted(run.results, key=lambda r: r.num_fewshot) if r.task == task)
         header = ("Model", "K", "Split", "Few-shot split", "Seed", "Docs", *(fmt.header for fmt in formats))
-        blocks += [_Heading(3, task), _Table(header, rows, frozenset({1, 4, 5} | set(range(6, len(header)))))]
+        blocks += [document.Heading(3, task), document.Table(header, rows, frozenset({1, 4, 5} | set(range(6, len(header)))))]
     return blocks
 
 
-def _provenance(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[_Block]:
+def _provenance(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[document.Block]:
     rows = tuple((run.label, run.name, f"{run.params:,}", f"{run.non_embedding_params:,}", run.checkpoint or "—",
                   "—" if run.step is None else str(run.step), run.tokenizer, run.created, run.gptjax_version,
                   str(run.path)) for run in runs)
     header = ("Model", "Name", "Parameters", "Non-embedding", "Checkpoint", "Step", "Tokenizer", "Created",
               "gptjax", "File")
-    blocks: list[_Block] = [_Heading(2, "Provenance"), _Heading(3, "Results files"),
-                            _Table(header, rows, frozenset({2, 3, 5})), _Heading(3, "Example prompts")]
+    blocks: list[document.Block] = [document.Heading(2, "Provenance"), document.Heading(3, "Results files"),
+                            document.Table(header, rows, frozenset({2, 3, 5})), document.Heading(3, "Example prompts")]
     for task in tasks:
         for k in _ks(runs, task):
             prompts: dict[str, list[str]] = {}
@@ -669,7 +557,7 @@ def _provenance(runs: Sequence[ModelRun], tasks: Sequence[str]) -> list[_Block]:
                     prompts.setdefault(result.example_prompt, []).append(run.label)
             for prompt, labels in prompts.items():
                 whose = f" ({', '.join(labels)})" if len(prompts) > 1 else ""
-                blocks.append(_Details(f"{task}, {_k_label(k)}{whose}", prompt))
+                blocks.append(document.Code(prompt, summary=f"{task}, {_k_label(k)}{whose}"))
     return blocks
 
 
@@ -711,12 +599,12 @@ def build_report(results_paths: Sequence[Path | str], out_dir: Path | str,
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     plots = _draw_plots(runs, scaling, formats, params_kind, out_dir / "plots")
-    blocks = [_Heading(1, _TITLE), *_summary(runs, formats),
+    blocks = [document.Heading(1, _TITLE), *_summary(runs, formats),
               *_scaling_section(runs, scaling, params_kind, plots, formats), *_k_section(runs, plots, formats),
               *_all_metrics(runs, tasks), *_provenance(runs, tasks)]
     markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(_markdown(blocks, out_dir), encoding="utf-8")
-    page.write_text(_html(blocks, _TITLE), encoding="utf-8")
+    markdown.write_text(document.markdown(blocks, out_dir), encoding="utf-8")
+    page.write_text(document.html_page(blocks, _TITLE), encoding="utf-8")
     pngs = plots.pngs()
     written = [markdown, page, *pngs, *(png.with_suffix(".svg") for png in pngs)]
     return {path.relative_to(out_dir).as_posix(): path for path in written}

@@ -8,14 +8,12 @@ Markdown and HTML are rendered from one list of blocks, so the two cannot drift 
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval import document
 from experiments.analysis import LAWS, LawFit, fit_laws, load_curves
 from experiments.plots import draw_plots, human, pm
 from experiments.registry import finished_run_dirs, rebuild_registry
@@ -26,119 +24,6 @@ from gptjax.model import FLOPS_CONVENTION
 REPORT_DIR = "report"
 
 
-@dataclass(frozen=True)
-class _Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class _Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class _Link:
-    text: str
-    target: str  # relative to the report directory
-    html_target: str
-
-
-@dataclass(frozen=True)
-class _Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    right: frozenset[int]  # numeric columns, right-aligned
-
-
-@dataclass(frozen=True)
-class _Figure:
-    png: Path
-    caption: str
-
-
-@dataclass(frozen=True)
-class _Code:
-    text: str
-
-
-_Block = _Heading | _Text | _Link | _Table | _Figure | _Code
-
-
-def _markdown(blocks: Sequence[_Block], out_dir: Path) -> str:
-    parts = []
-    for block in blocks:
-        match block:
-            case _Heading(level, text):
-                parts.append(f"{'#' * level} {text}")
-            case _Text(text):
-                parts.append(text)
-            case _Link(text, target, _):
-                parts.append(f"[{text}]({target})")
-            case _Table(header, rows, right):
-                align = ["---:" if i in right else "---" for i in range(len(header))]
-                lines = [header, align, *rows]
-                parts.append("\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
-                                       for line in lines))
-            case _Figure(png, caption):
-                parts.append(f"![{caption}]({png.relative_to(out_dir).as_posix()})\n\n*{caption}*")
-            case _Code(text):
-                parts.append(f"```toml\n{text.rstrip()}\n```")
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; white-space: nowrap; }
-thead th { border-bottom: 2px solid #444; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.wrap { white-space: normal; min-width: 16em; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { width: 560px; max-width: 100%; }
-figcaption { font-size: 0.9em; color: #555; max-width: 560px; }
-pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-"""
-
-
-def _html_table(table: _Table) -> str:
-    def cell(i: int, text: str, tag: str) -> str:
-        # Numbers align right; long text (fit parameters, errors) wraps instead of widening the table.
-        kind = "num" if i in table.right else "wrap" if len(text) > 60 else ""
-        attrs = f' class="{kind}"' if kind else ""
-        return f"<{tag}{attrs}>{html.escape(text)}</{tag}>"
-
-    def row(cells: Sequence[str], tag: str) -> str:
-        return "<tr>" + "".join(cell(i, text, tag) for i, text in enumerate(cells)) + "</tr>"
-
-    body = "\n".join(row(r, "td") for r in table.rows)
-    return f"<table>\n<thead>{row(table.header, 'th')}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _html(blocks: Sequence[_Block], title: str) -> str:
-    """One document with the plots embedded as base64 PNG, so it can be mailed or archived alone."""
-    parts = []
-    for block in blocks:
-        match block:
-            case _Heading(level, text):
-                parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            case _Text(text):
-                parts.append(f"<p>{html.escape(text)}</p>")
-            case _Link(text, _, target):
-                parts.append(f'<p><a href="{html.escape(target)}">{html.escape(text)}</a></p>')
-            case _Table():
-                parts.append(_html_table(block))
-            case _Figure(png, caption):
-                data = base64.b64encode(png.read_bytes()).decode("ascii")
-                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"/>'
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-            case _Code(text):
-                parts.append(f"<pre>{html.escape(text)}</pre>")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8"/>\n<title>{html.escape(title)}'
-            f"</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Sections.
 
@@ -147,7 +32,7 @@ def _optional(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _runs_table(records: Sequence[dict[str, Any]]) -> _Table:
+def _runs_table(records: Sequence[dict[str, Any]]) -> document.Table:
     header = ("Run", "Params", "Non-emb. N", "Steps", "Tokens D", "FLOPs", "6ND", "Train loss", "Held-out loss",
               "Wall s", "Tokens/s", "MFU")
     rows = tuple((r["name"], f"{r['params']:,}", f"{r['non_embedding_params']:,}", str(r["steps"]),
@@ -155,7 +40,7 @@ def _runs_table(records: Sequence[dict[str, Any]]) -> _Table:
                   f"{r['final_eval_loss']:.4f}", _optional(r["wall_time_s"], ".1f"),
                   "—" if r["tokens_per_s"] is None else human(r["tokens_per_s"]), _optional(r["mfu"], ".1%"))
                  for r in records)
-    return _Table(header, rows, frozenset(range(1, len(header))))
+    return document.Table(header, rows, frozenset(range(1, len(header))))
 
 
 def _symbols(law: str) -> dict[str, str]:
@@ -170,17 +55,17 @@ def _params_cell(name: str, law: LawFit) -> str:
     return ", ".join(f"{symbols.get(p, p)} = {pm(value, law.fit.stderr[p])}" for p, value in law.fit.params.items())
 
 
-def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[_Block]:
+def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[document.Block]:
     rows = tuple((name, form, laws[name].data, _params_cell(name, laws[name]), str(len(laws[name].points)),
                   f"{laws[name].fit.rms_log_residual:.4f}" if laws[name].fit else "—") for name, form in LAWS.items())
-    blocks: list[_Block] = [
-        _Heading(2, "Scaling laws"),
-        _Text("N is the non-embedding parameter count (Kaplan et al.), D the number of training tokens, C the "
+    blocks: list[document.Block] = [
+        document.Heading(2, "Scaling laws"),
+        document.Text("N is the non-embedding parameter count (Kaplan et al.), D the number of training tokens, C the "
               f"training FLOPs. Values are ± the standard deviation of {n_boot} residual-bootstrap refits, which "
               "is optimistic when a law has barely more points than parameters; the last column is the "
               "root-mean-square residual of log L. L(N) and L(C) are least squares on log L; the laws with E use "
               "Hoffmann et al.'s Huber loss on log L from a grid of initialisations."),
-        _Table(("Law", "Form", "Fitted to", "Parameters", "Points", "RMS log resid."), rows,
+        document.Table(("Law", "Form", "Fitted to", "Parameters", "Points", "RMS log resid."), rows,
                frozenset({4, 5})),
     ]
     loose = {name: [p for p, v in law.fit.params.items() if not law.fit.stderr[p] < abs(v)]
@@ -188,11 +73,11 @@ def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[_Block]:
     listed = "; ".join(f"{name}: {', '.join(_symbols(name).get(p, p) for p in params)}"
                        for name, params in loose.items() if params)
     if listed:
-        blocks.append(_Text("Poorly determined (bootstrap error at least the value itself, or no error "
+        blocks.append(document.Text("Poorly determined (bootstrap error at least the value itself, or no error "
                             f"estimate): {listed}. More sizes or token budgets would pin them down."))
     if laws["L(N, D)"].fit is not None and not {"alpha", "beta"} & set(loose["L(N, D)"]):
         alpha, beta = (laws["L(N, D)"].fit.params[p] for p in ("alpha", "beta"))
-        blocks.append(_Text(f"L(N, D) implies compute-optimal allocation N_opt ∝ C^{beta / (alpha + beta):.2f} "
+        blocks.append(document.Text(f"L(N, D) implies compute-optimal allocation N_opt ∝ C^{beta / (alpha + beta):.2f} "
                             f"and D_opt ∝ C^{alpha / (alpha + beta):.2f} (Hoffmann et al.: a = β/(α+β))."))
     return blocks
 
@@ -208,22 +93,22 @@ _CAPTIONS = {
 }
 
 
-def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir: Path) -> list[_Block]:
+def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir: Path) -> list[document.Block]:
     paths = [sweep_dir / r["eval_results"] for r in records if r["eval_results"]]
     if not paths:
         return []
     from eval.report import build_report
 
     written = build_report(paths, out_dir / "fewshot")
-    blocks: list[_Block] = [
-        _Heading(2, "Few-shot evaluation"),
-        _Text(f"{len(paths)} run(s) were evaluated at their last step; eval/report.py's full report (tables, "
+    blocks: list[document.Block] = [
+        document.Heading(2, "Few-shot evaluation"),
+        document.Text(f"{len(paths)} run(s) were evaluated at their last step; eval/report.py's full report (tables, "
               "plots against K and against size) is linked below."),
-        _Link("Few-shot report", "fewshot/report.md", "fewshot/report.html"),
+        document.Link("Few-shot report", "fewshot/report.md", "fewshot/report.html"),
     ]
     scaling = [key for key in written if key.startswith("plots/") and key.endswith(".png")
                and (key == "plots/aggregate.png" or key.startswith("plots/scaling_"))]
-    blocks += [_Figure(written[key], f"Few-shot {Path(key).stem.removeprefix('scaling_')} against non-embedding "
+    blocks += [document.Figure(written[key], f"Few-shot {Path(key).stem.removeprefix('scaling_')} against non-embedding "
                                      "parameters (from the few-shot report).") for key in scaling]
     return blocks
 
@@ -243,29 +128,29 @@ def build_sweep_report(sweep_dir: str | Path, *, n_boot: int = 200) -> dict[str,
     sweep_file = sweep_dir / SWEEP_COPY
     sweep = load_sweep(sweep_file) if sweep_file.is_file() else None
     title = f"Scaling sweep: {sweep.name if sweep else sweep_dir.name}"
-    blocks: list[_Block] = [_Heading(1, title)]
+    blocks: list[document.Block] = [document.Heading(1, title)]
     if sweep and sweep.description:
-        blocks.append(_Text(sweep.description))
+        blocks.append(document.Text(sweep.description))
     planned = f" of {len(sweep.points)} planned" if sweep else ""
-    blocks.append(_Text(f"{len(records)} finished run(s){planned} in {sweep_dir}."))
+    blocks.append(document.Text(f"{len(records)} finished run(s){planned} in {sweep_dir}."))
     failures_file = sweep_dir / FAILURES_FILE
     if failures_file.is_file():
         failures = [json.loads(line) for line in failures_file.read_text().splitlines() if line.strip()]
-        blocks.append(_Text("Failed in the last invocation: " + "; ".join(f"{f['name']} ({f['error']})"
+        blocks.append(document.Text("Failed in the last invocation: " + "; ".join(f"{f['name']} ({f['error']})"
                                                                          for f in failures)))
-    blocks += [_Heading(2, "Runs"), _runs_table(records),
-               _Text(f"FLOPs follow gptjax's convention: {FLOPS_CONVENTION} 6ND is Kaplan et "
+    blocks += [document.Heading(2, "Runs"), _runs_table(records),
+               document.Text(f"FLOPs follow gptjax's convention: {FLOPS_CONVENTION} 6ND is Kaplan et "
                      "al.'s estimate with N the non-embedding parameters. Tokens/s and MFU are medians over the "
                      "logged intervals; MFU on CPU is against a measured matmul peak.")]
     blocks += _laws_section(laws, n_boot)
-    blocks += [_Heading(2, "Plots"), *(_Figure(png, _CAPTIONS[name]) for name, png in plots.items())]
+    blocks += [document.Heading(2, "Plots"), *(document.Figure(png, _CAPTIONS[name]) for name, png in plots.items())]
     blocks += _fewshot_section(records, sweep_dir, out_dir)
     if sweep:
-        blocks += [_Heading(2, "Sweep file"), _Code(sweep.text)]
+        blocks += [document.Heading(2, "Sweep file"), document.Code(sweep.text, language="toml")]
 
     markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(_markdown(blocks, out_dir), encoding="utf-8")
-    page.write_text(_html(blocks, title), encoding="utf-8")
+    markdown.write_text(document.markdown(blocks, out_dir), encoding="utf-8")
+    page.write_text(document.html_page(blocks, title), encoding="utf-8")
     written = [markdown, page, *plots.values(), *(p.with_suffix(".svg") for p in plots.values())]
     fewshot = out_dir / "fewshot"
     if any(r["eval_results"] for r in records):
