@@ -85,16 +85,6 @@ def _write_tasks(out_dir, cache_dir):
         (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_cache(tmp_path_factory):
-    """Hugging Face caches in a temporary dir (offline mode is set above, before anything imports the hub)."""
-    root = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HOME", str(root))
-        patch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
-        yield root
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """lm-eval's samples per task for model="gptjax" (a run dir) and model="hf" (its export)."""

@@ -165,16 +165,6 @@ def parity_model() -> tuple[dict, ModelConfig]:
     return params, cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_cache(tmp_path_factory):
-    """Hugging Face caches in a temporary dir (offline mode is set above, before anything imports the hub)."""
-    root = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HOME", str(root))
-        patch.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
-        yield root
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     params, cfg = parity_model()
