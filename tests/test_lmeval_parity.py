@@ -24,16 +24,12 @@ greedy accuracy is neither all 0 nor all 1.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import pytest
 import yaml
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
