@@ -13,20 +13,24 @@ from jax.sharding import Mesh
 
 from eval.lm import DEFAULT_MAX_GEN_TOKS, ModelInfo, TokenizedLM
 from eval.requests import Tokenizer, Tokens
-from eval.scoring import BatchScorer, LogitsFn
+from eval.scoring import BatchScorer, FeaturesFn, Rows
 from gptjax import decode
 from gptjax.config import ConfigError, ModelConfig
-from gptjax.model import forward, param_count
+from gptjax.model import forward, output_embedding, param_count
 
 
 @functools.lru_cache(maxsize=16)
-def _logits_fn(cfg: ModelConfig) -> LogitsFn:
+def _features_fn(cfg: ModelConfig) -> FeaturesFn:
     """The same function object for equal configs, so compiled scorers are shared (see scoring._jitted)."""
-    return lambda params, tokens, positions: forward(params, tokens, cfg, logit_positions=positions)
+    def features(params: Any, rows: Rows) -> jax.Array:
+        return forward(params, rows.tokens, cfg, positions=rows.positions, segment_ids=rows.segment_ids,
+                       branch_ids=rows.branch_ids, return_features=True)
+
+    return features
 
 
 class GptjaxLM(TokenizedLM):
-    """Scores with a jitted, bucketed `BatchScorer`; optionally shards batches over a mesh.
+    """Scores with a jitted, prefix-sharing, packed `BatchScorer`; optionally shards batches over a mesh.
 
     `max_gen_toks` defaults to lm-eval's 256, capped at half the window so tiny models keep room for a prompt.
     """
@@ -43,7 +47,7 @@ class GptjaxLM(TokenizedLM):
         self.info = ModelInfo(name or cfg.name, counts.total, counts.non_embedding, checkpoint, step)
         self.cfg = cfg
         self.generate_batch_size = generate_batch_size
-        self.scorer = BatchScorer(_logits_fn(cfg), params, cfg.n_ctx,
+        self.scorer = BatchScorer(_features_fn(cfg), params, output_embedding(params, cfg), cfg.n_ctx,
                                   batch_tokens=batch_tokens, mesh=mesh, batch_axes=batch_axes,
                                   param_shardings=param_shardings)
         self._token_texts: list[str] | None = None

@@ -1,7 +1,7 @@
 """gptjax models as an lm-evaluation-harness backend: any lm-eval task, in process, on a gptjax checkpoint.
 
 `GptjaxLMEval` is an `lm_eval.api.model.LM` that forwards lm-eval's requests to an eval `LanguageModel`
-(normally a `GptjaxLM`, so the bucketed, deduplicated, optionally sharded `BatchScorer` does the work) and is
+(normally a `GptjaxLM`, so the prefix-sharing, packed, optionally sharded `BatchScorer` does the work) and is
 registered as lm-eval model "gptjax" when this module is imported:
 
     import lm_eval

@@ -156,19 +156,27 @@ class Block(nn.Module):
 
 
 def attention_masks(cfg: ModelConfig, q_slots: Array, k_slots: Array, q_segments: Array,
-                    k_segments: Array) -> dict[str, Array]:
+                    k_segments: Array, branch_ids: Array | None = None,
+                    positions: Array | None = None) -> dict[str, Array]:
     """Boolean [batch, q, k] masks per attention kind: causal, same segment, and (banded) within the window.
 
     Slots are positions in the (cache) buffer; segments are document ids in packed rows (0 = padding,
-    which only ever attends to padding, so no row is empty and no NaN appears).
+    which only ever attends to padding, so no row is empty and no NaN appears). `branch_ids` (no cache)
+    lay out prefix-shared rows: a segment's branch-0 tokens are a shared prefix that every later branch
+    sees, and a branch b > 0 sees only that prefix and itself; the band then counts model `positions`,
+    which restart for each branch, instead of slots.
     """
     causal = k_slots[None, :] <= q_slots[:, None]
     same_segment = q_segments[:, :, None] == k_segments[:, None, :]
     dense = causal[None] & same_segment
+    distance = (q_slots[:, None] - k_slots[None, :])[None]
+    if branch_ids is not None:
+        shared_or_own = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
+        dense = dense & shared_or_own
+        distance = positions[:, :, None] - positions[:, None, :]
     masks = {"dense": dense}
     if "banded" in cfg.attention_pattern:
-        in_band = (q_slots[:, None] - k_slots[None, :]) < cfg.band_width
-        masks["banded"] = dense & in_band[None]
+        masks["banded"] = dense & (distance < cfg.band_width)
     return masks
 
 
@@ -178,7 +186,7 @@ class GPT(nn.Module):
     @nn.compact
     def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
                  cache: Cache | None = None, deterministic: bool = True,
-                 logit_positions: Array | None = None) -> tuple[Array, Cache | None]:
+                 branch_ids: Array | None = None, return_features: bool = False) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         batch, length = tokens.shape
@@ -189,6 +197,8 @@ class GPT(nn.Module):
             positions = jnp.broadcast_to(offset + jnp.arange(length), (batch, length))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, length), jnp.int32)
+        if branch_ids is not None and cache is not None:
+            raise ValueError("branch_ids (prefix-shared rows) are for cache-free forward passes only")
 
         wte = _param(self, "wte", cfg.init_std, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt)
         wpe = _param(self, "wpe", cfg.pos_init_std, (cfg.n_ctx, cfg.d_model), (None, "embed"), pdt)
@@ -202,7 +212,7 @@ class GPT(nn.Module):
             k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
                                                       (0, offset))
             k_slots = jnp.arange(k_segments.shape[1])
-        masks = attention_masks(cfg, q_slots, k_slots, segment_ids, k_segments)
+        masks = attention_masks(cfg, q_slots, k_slots, segment_ids, k_segments, branch_ids, positions)
 
         new_layers = []
         for i in range(cfg.n_layer):
@@ -212,17 +222,23 @@ class GPT(nn.Module):
             new_layers.append(new_layer)
         if cfg.final_norm:
             x = LayerNorm(cfg, name="ln_f")(x)
-        if logit_positions is not None:  # project only where the caller needs logits (eval scoring)
-            x = jnp.take_along_axis(x, logit_positions[..., None], axis=1)
-        if cfg.tie_embeddings:
-            head = wte.T
-        else:
-            head = _param(self, "lm_head", cfg.init_std, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt)
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
         new_cache = None
         if cache is not None:
             new_cache = {"index": offset + length, "segment_ids": k_segments, "layers": tuple(new_layers)}
-        return logits.astype(jnp.float32), new_cache
+        if return_features:
+            return x, new_cache
+        if cfg.tie_embeddings:
+            embedding = wte
+        else:
+            embedding = _param(self, "lm_head", cfg.init_std, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                               pdt).T
+        return project_to_vocab(x, embedding), new_cache
+
+
+def project_to_vocab(x: Array, output_embedding: Array) -> Array:
+    """The LM head: fp32 logits [..., vocab] of features x [..., d_model] against `output_embedding`
+    [vocab, d_model] (or a slice of its rows), computed in x's dtype with fp32 accumulation."""
+    return jnp.einsum("...d,vd->...v", x, output_embedding.astype(x.dtype), preferred_element_type=jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,17 +269,24 @@ def logical_axes(cfg: ModelConfig) -> Params:
 
 def forward(params: Params, tokens: Array, cfg: ModelConfig, *, segment_ids: Array | None = None,
             positions: Array | None = None, dropout_rng: Array | None = None,
-            logit_positions: Array | None = None) -> Array:
+            branch_ids: Array | None = None, return_features: bool = False) -> Array:
     """fp32 logits [batch, length, vocab]. Dropout is applied iff `dropout_rng` is given.
 
-    With `logit_positions` [batch, n] (indices into length), logits [batch, n, vocab] at just those
-    positions: with a 50k vocabulary the LM head dominates, so scoring a few continuation tokens should
-    not pay for projecting every position.
+    `branch_ids` [batch, length] share a prefix between several continuations in one row (see
+    `attention_masks`; eval scores a question's answer choices this way). With `return_features`, the final
+    (normalised) hidden states [batch, length, d_model] instead of logits: eval projects only the positions
+    it scores, `project_to_vocab(features, output_embedding(params, cfg))`, in slices of the vocabulary.
     """
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     logits, _ = GPT(cfg).apply({"params": params}, tokens, segment_ids, positions,
-                               deterministic=dropout_rng is None, rngs=rngs, logit_positions=logit_positions)
+                               deterministic=dropout_rng is None, rngs=rngs, branch_ids=branch_ids,
+                               return_features=return_features)
     return logits
+
+
+def output_embedding(params: Params, cfg: ModelConfig) -> Array:
+    """The LM head's [vocab, d_model] matrix: the token embedding when tied."""
+    return params["wte"] if cfg.tie_embeddings else params["lm_head"].T
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype: str | None = None) -> Cache:

@@ -231,7 +231,7 @@ class Trainer:
     def held_out_loss(self, split: str = "validation") -> float:
         """Mean per-token loss over the first `eval_batches` validation batches (fixed order)."""
         total, count = 0.0, 0.0
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(_flax_rules(self.rules)):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(flax_rules(self.rules)):
             for batch in self.dataset.eval_batches(self.run.batch_size, self.run.eval_batches, split=split):
                 local = {k: v[self.local_rows] for k, v in batch.items()}
                 s, c = self.eval_fn(self.state.params,
@@ -254,7 +254,7 @@ class Trainer:
         for hook in self.hooks:
             hook.on_start(self)
         try:
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(_flax_rules(self.rules)):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(flax_rules(self.rules)):
                 for step in range(self.step, self.run.steps):
                     self.state, metrics = self.step_fn(self.state, self.global_batch(step))
                     for hook in self.hooks:
@@ -270,7 +270,7 @@ class Trainer:
         return self.state
 
 
-def _flax_rules(rules: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, Any]]:
+def flax_rules(rules: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, Any]]:
     return [(name, axes if axes else None) for name, axes in rules]
 
 

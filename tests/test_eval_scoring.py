@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 
 import jax
@@ -11,13 +13,15 @@ from jax.sharding import AxisType
 
 from eval.gptjax_lm import GptjaxLM
 from eval.requests import GenerationRequest
-from eval.scoring import BatchScorer, bucket_lengths
+from eval.scoring import BatchScorer, build_trees, bucket_lengths, scored_width
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import forward, init_params
 from gptjax.tokenizers import get_vocabulary
 
 # init_std 0.2 gives O(1) logits, so agreement to 1e-5 is not trivially met.
 CFG = ModelConfig(vocab_size=257, n_ctx=64, n_layer=2, n_head=2, d_model=32, init_std=0.2)
+# GPT-3's alternation with a band narrower than most requests: a branch's band must count model positions.
+BANDED = dataclasses.replace(CFG, attention_pattern=("dense", "banded"), band_width=8)
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +34,31 @@ def byte_vocab():
     return get_vocabulary("byte")
 
 
-_forward_row = jax.jit(lambda p, tokens: forward(p, tokens, CFG)[0])
+def _features(params, rows, cfg=CFG):
+    return forward(params, rows.tokens, cfg, positions=rows.positions, segment_ids=rows.segment_ids,
+                   branch_ids=rows.branch_ids, return_features=True)
 
 
-def _logits_at(params, tokens, positions):
-    return forward(params, tokens, CFG, logit_positions=positions)
+def _banded_features(params, rows):
+    return _features(params, rows, BANDED)
 
 
-def _logits(params, tokens: list[int]) -> np.ndarray:
+@functools.lru_cache(maxsize=None)
+def _forward_row(cfg: ModelConfig):
+    return jax.jit(lambda p, tokens: forward(p, tokens, cfg)[0])
+
+
+def _logits(params, tokens: list[int], cfg: ModelConfig = CFG) -> np.ndarray:
     """Logits of one sequence, alone in its row (right padding cannot reach it under the causal mask)."""
-    row = np.zeros((1, CFG.n_ctx), np.int32)
+    row = np.zeros((1, cfg.n_ctx), np.int32)
     row[0, :len(tokens)] = tokens
-    return np.asarray(_forward_row(params, row), np.float64)[:len(tokens)]
+    return np.asarray(_forward_row(cfg)(params, row), np.float64)[:len(tokens)]
 
 
-def _naive(params, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+def _naive(params, ctx: list[int], cont: list[int], cfg: ModelConfig = CFG) -> tuple[float, bool]:
     """One request at a time, lm-eval's truncation, log-softmax then gather (as HFLM does)."""
-    whole = (ctx + cont)[-(CFG.n_ctx + 1):]
-    logits = _logits(params, whole[:-1])
+    whole = (ctx + cont)[-(cfg.n_ctx + 1):]
+    logits = _logits(params, whole[:-1], cfg)
     log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
         - logits.max(-1, keepdims=True)
     rows, targets = log_probs[-len(cont):], np.array(whole[-len(cont):])
@@ -55,13 +66,16 @@ def _naive(params, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
 
 
 def _random_requests(n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Contexts of 1 to 90 tokens (some truncated on the left), each with 1 to 4 continuations (answer
+    choices) of 1 to 20 tokens."""
     rnd = random.Random(seed)
     requests = []
-    for _ in range(n):
+    while len(requests) < n:
         ctx = [rnd.randrange(CFG.vocab_size) for _ in range(rnd.choice([1, 3, 10, 30, 60, 90]))]
-        cont = [rnd.randrange(CFG.vocab_size) for _ in range(rnd.choice([1, 2, 5, 20]))]
-        requests.append((ctx, cont))
-    return requests
+        for _ in range(rnd.randint(1, 4)):
+            cont = [rnd.randrange(CFG.vocab_size) for _ in range(rnd.choice([1, 2, 5, 20]))]
+            requests.append((ctx, cont))
+    return requests[:n]
 
 
 def _auto_mesh() -> jax.sharding.Mesh:
@@ -70,30 +84,69 @@ def _auto_mesh() -> jax.sharding.Mesh:
 
 @pytest.mark.parametrize("sharded", [False, True])
 def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
-    requests = _random_requests(40)
-    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256,
+    requests = _random_requests(60)
+    scorer = BatchScorer(_features, params, params["wte"], CFG.n_ctx, batch_tokens=256,
                          mesh=_auto_mesh() if sharded else None)
     got = scorer(requests)
     for (ctx, cont), (logprob, greedy) in zip(requests, got):
         want_lp, want_greedy = _naive(params, ctx, cont)
         assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
         assert greedy == want_greedy
-    # A few compiled shapes, each a fixed (rows, bucket length, scored width); with a mesh, rows divide over 8.
+    # Answer choices shared their context; a few compiled shapes, each (rows, bucket length, scored width);
+    # with a mesh, rows divide over 8.
+    assert scorer.stats.trees < scorer.stats.unique == 60
     assert {length for _, length, _ in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
     assert all(rows % (8 if sharded else 1) == 0 for rows, _, _ in scorer.stats.shapes)
-    assert all(width & (width - 1) == 0 for _, _, width in scorer.stats.shapes)  # powers of two
+    assert all(width == scored_width(width, width) for _, _, width in scorer.stats.shapes)
+
+
+def test_prefix_trees_and_vocab_slices_match_naive_loop_with_banded_attention(params) -> None:
+    """Branches restart nothing: their positions continue from the prefix, and the band counts positions;
+    the sliced LM head reduces to the same log-softmax and argmax."""
+    requests = _random_requests(40, seed=1)
+    # vocab_slice 100: the LM head in three slices of the 257-token vocabulary.
+    got = BatchScorer(_banded_features, params, params["wte"], BANDED.n_ctx, batch_tokens=256,
+                      vocab_slice=100)(requests)
+    for (ctx, cont), (logprob, greedy) in zip(requests, got):
+        want_lp, want_greedy = _naive(params, ctx, cont, BANDED)
+        assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
+        assert greedy == want_greedy
+
+
+def test_build_trees_shares_prefixes_within_the_window() -> None:
+    ctx = list(range(1, 11))
+    choices = [[20], [21, 22], [23, 24, 25]]
+    [tree] = build_trees([(ctx, c) for c in choices], max_length=64)
+    assert tree.prefix == ctx and [b.tokens for b in tree.branches] == [[], [21], [23, 24]]
+    assert (tree.length, tree.scored) == (10 + 0 + 1 + 2, 1 + 2 + 3)
+    # Branches that would overflow the window start a new tree with the same prefix; each request fits.
+    trees = build_trees([(ctx, [v] * 20) for v in (7, 8, 9)], max_length=64)  # 10 + 19 + 19 + 19 > 64
+    assert [len(t.branches) for t in trees] == [2, 1] and all(t.length <= 64 for t in trees)
+    # Many one-token continuations share the prefix's last slot; scored positions are bounded too.
+    trees = build_trees([(ctx, [v]) for v in range(100)], max_length=64)
+    assert [t.scored for t in trees] == [64, 36] and all(t.length == 10 for t in trees)
+    # Left truncation depends on the continuation's length, so differently truncated requests do not share.
+    long_ctx = list(range(100))
+    trees = build_trees([(long_ctx, [1]), (long_ctx, [1, 2])], max_length=64)
+    assert [t.prefix[0] for t in trees] == [36, 37]  # (context + continuation)[-65:]
+
+
+def test_scored_width() -> None:
+    assert [scored_width(n, 1024) for n in (1, 5, 8, 9, 11, 17, 33, 180, 200, 257)] == \
+        [1, 5, 8, 10, 12, 20, 40, 192, 224, 320]
+    assert scored_width(200, 128) == 128
 
 
 def test_greedy_flag_is_true_for_the_argmax_continuation(params) -> None:
     ctx = [5, 6, 7]
     logits = _logits(params, ctx)[-1]
-    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256)
+    scorer = BatchScorer(_features, params, params["wte"], CFG.n_ctx, batch_tokens=256)
     best, other = int(logits.argmax()), int(logits.argmin())
     assert [g for _, g in scorer([(ctx, [best]), (ctx, [other])])] == [True, False]
 
 
 def test_identical_requests_run_once(params) -> None:
-    scorer = BatchScorer(_logits_at, params, CFG.n_ctx, batch_tokens=256)
+    scorer = BatchScorer(_features, params, params["wte"], CFG.n_ctx, batch_tokens=256)
     requests = _random_requests(5)
     results = scorer(requests + requests[::-1] + requests[:2])
     assert scorer.stats.requests == 12 and scorer.stats.unique == 5
@@ -108,7 +161,7 @@ def test_bucket_lengths() -> None:
 def test_explicit_mesh_axes_are_rejected(params) -> None:
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
     with pytest.raises(ValueError, match="needs AxisType.Auto axes"):
-        BatchScorer(_logits_at, params, CFG.n_ctx, mesh=mesh)
+        BatchScorer(_features, params, params["wte"], CFG.n_ctx, mesh=mesh)
 
 
 def test_vocab_mismatch_is_a_clear_error(params) -> None:

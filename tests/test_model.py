@@ -1,5 +1,6 @@
 """The GPT family: preset tables, analytic sizes against real pytrees, attention variants, config errors."""
 
+import dataclasses
 import math
 
 import jax
@@ -195,10 +196,13 @@ def test_logical_axes_cover_every_parameter():
     assert specs["h_0"]["mlp"]["fc_kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
 
 
-def test_logits_at_positions_equal_the_full_projection():
-    cfg = config.get_preset("tiny-25k")
+@pytest.mark.parametrize("tied", [True, False])
+def test_features_projected_by_the_output_embedding_are_the_logits(tied: bool):
+    cfg = dataclasses.replace(config.get_preset("tiny-25k"), tie_embeddings=tied)
     params, tokens = _random_setup(cfg)
-    positions = jnp.array([[0, 5, 23], [7, 7, 1]])
-    full = model.forward(params, tokens, cfg)
-    at = model.forward(params, tokens, cfg, logit_positions=positions)
-    np.testing.assert_allclose(at, jnp.take_along_axis(full, positions[..., None], axis=1), atol=1e-6)
+    features = model.forward(params, tokens, cfg, return_features=True)
+    assert features.shape == (*tokens.shape, cfg.d_model)
+    np.testing.assert_array_equal(model.project_to_vocab(features, model.output_embedding(params, cfg)),
+                                  model.forward(params, tokens, cfg))
+
+
