@@ -41,12 +41,14 @@ class Rows(NamedTuple):
 # gptjax.model.project_to_vocab of them and the output embedding.
 FeaturesFn = Callable[[Any, Rows], jax.Array]
 BATCH_AXIS_NAMES = ("data", "fsdp")  # the trainer mesh's batch axes (gptjax.config.DEFAULT_RULES)
-GREEDY_RTOL = 1e-5
+GREEDY_RTOL = 1e-5  # a target logit this close to the maximum (relative) counts as greedy; see _score_positions
 
 
 class LMHead(NamedTuple):
+    """The LM head as the scorer holds it (sliced once, outside the jitted function)."""
+
     embedding: Any  # the output embedding [vocab, d_model]: target logits gather its rows
-    slices: tuple[Any, ...]  # the same matrix cut into consecutive row blocks: the head's matmuls  # the trainer mesh's batch axes (gptjax.config.DEFAULT_RULES)
+    slices: tuple[Any, ...]  # the same matrix cut into consecutive row blocks: the head's matmuls
 
 
 @dataclass
@@ -133,14 +135,14 @@ def build_trees(requests: Sequence[tuple[Tokens, Tokens]], max_length: int) -> l
     return [tree for group in trees.values() for tree in group]
 
 
-def _row_requests(features_fn: FeaturesFn, params: Any, head: LMHead, rows: Rows, positions: jax.Array,
+def _score_positions(features_fn: FeaturesFn, params: Any, head: LMHead, rows: Rows, positions: jax.Array,
                   targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per scored position ([groups, width] flat indices into each group's rows, see `BatchScorer._launch`):
     log P(target) and whether the target's logit is the maximum.
 
     The LM head runs over consecutive slices of the output embedding, each reduced at once to its max and
     sum of exp, so no [positions, vocab] logits are ever written to memory (with a 50k vocabulary, reading
-    them back for the reductions and the target's logit took as long as the matmul itself); the target's
+    them back for the reductions and the target's logit took nearly as long as the matmul); the target's
     logit is its own dot product. That dot and the head's matmul round differently (by ~1e-7 relative),
     so a target within `GREEDY_RTOL` of the maximum counts as greedy: closer ties than that are below what
     two implementations of the same model agree on anyway.
@@ -165,9 +167,9 @@ def _row_requests(features_fn: FeaturesFn, params: Any, head: LMHead, rows: Rows
 
 @functools.lru_cache(maxsize=16)
 def _jitted(features_fn: FeaturesFn, out_shardings: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """One jitted scorer per (logits function, output sharding), so scorers built again for the same model
+    """One jitted scorer per (features function, output sharding), so scorers built again for the same model
     (e.g. at every in-training evaluation) reuse the programs already compiled."""
-    return jax.jit(partial(_row_requests, features_fn), out_shardings=out_shardings)
+    return jax.jit(partial(_score_positions, features_fn), out_shardings=out_shardings)
 
 
 class BatchScorer:

@@ -1,4 +1,4 @@
-"""eval.scoring / eval.gptjax_lm: the batched, bucketed, sharded scorer against a one-request-at-a-time loop."""
+"""eval.scoring / eval.gptjax_lm: the prefix-sharing, packed, sharded scorer against a one-request-at-a-time loop."""
 
 from __future__ import annotations
 
