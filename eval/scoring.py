@@ -6,8 +6,9 @@ its own branch that attends to the prefix and to itself (`gptjax.model.attention
 with positions continuing from the prefix, so every branch sees exactly the input a request alone would
 give it. Trees are packed into rows of a few power-of-two lengths (segment ids keep them apart), rows into
 batches of a fixed number of rows, and only the scored positions go through the LM head (in one of a few
-scored widths, over slices of the vocabulary): XLA compiles a handful of programs however many requests there are. Given a mesh, each batch
-is sharded over its batch axes and the parameters are replicated (or placed with the shardings given).
+scored widths, over slices of the vocabulary): XLA compiles a handful of programs however many requests
+there are. Given a mesh, each batch is sharded over its batch axes and the parameters are replicated (or
+placed with the shardings given).
 """
 
 from __future__ import annotations
@@ -183,9 +184,11 @@ class BatchScorer:
 
     def __init__(self, features_fn: FeaturesFn, params: Any, output_embedding: jax.Array, max_length: int, *,
                  batch_tokens: int = 1024, min_bucket: int = 16, pack_length: int = 256, vocab_slice: int = 8192,
-                 mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None, param_shardings: Any = None) -> None:
-        if batch_tokens < 1:
-            raise ValueError(f"batch_tokens={batch_tokens} must be positive")
+                 mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None,
+                 param_shardings: Any = None) -> None:
+        for name, value in (("batch_tokens", batch_tokens), ("pack_length", pack_length), ("vocab_slice", vocab_slice)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be positive")
         self.max_length = max_length
         self.batch_tokens = batch_tokens
         self.buckets = bucket_lengths(max_length, min_bucket)

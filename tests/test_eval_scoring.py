@@ -210,3 +210,9 @@ def test_models_with_equal_configs_share_compiled_programs(params, byte_vocab) -
     """In-training evaluation builds a GptjaxLM per evaluation; it must not recompile every time."""
     first, second = (GptjaxLM(params, CFG, byte_vocab, batch_tokens=256) for _ in range(2))
     assert first.scorer._score is second.scorer._score
+
+
+@pytest.mark.parametrize("option", ["batch_tokens", "pack_length", "vocab_slice"])
+def test_non_positive_sizes_are_rejected(params, option: str) -> None:
+    with pytest.raises(ValueError, match=f"{option}=0 must be positive"):
+        BatchScorer(_features, params, params["wte"], CFG.n_ctx, **{option: 0})
