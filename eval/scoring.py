@@ -61,7 +61,8 @@ class ScoreStats:
     batches: int = 0
     positions: int = 0  # token positions the model body computed (rows x length), padding included
     scored: int = 0  # positions projected to the vocabulary, padding included
-    shapes: set[tuple[int, int, int]] = field(default_factory=set)  # (rows, length, scored width) per batch
+    # (rows, length, scored positions, scored targets) per batch
+    shapes: set[tuple[int, int, int, int]] = field(default_factory=set)
 
 
 def bucket_lengths(max_length: int, min_bucket: int = 16) -> list[int]:
@@ -94,7 +95,12 @@ class _Tree:
     prefix: Tokens
     branches: list[_Branch] = field(default_factory=list)
     length: int = 0  # token slots: prefix + every branch's tokens
-    scored: int = 0  # positions scored: every branch's targets
+    scored: int = 0  # targets scored: every branch's continuation
+
+    @property
+    def positions(self) -> int:
+        """Slots whose logits are needed: the prefix's last, then every branch token."""
+        return self.length - len(self.prefix) + 1
 
     def fits(self, branch: _Branch, max_length: int) -> bool:
         return (self.length + len(branch.tokens) <= max_length
@@ -137,9 +143,9 @@ def build_trees(requests: Sequence[tuple[Tokens, Tokens]], max_length: int) -> l
 
 
 def _score_positions(features_fn: FeaturesFn, params: Any, head: LMHead, rows: Rows, positions: jax.Array,
-                  targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per scored position ([groups, width] flat indices into each group's rows, see `BatchScorer._launch`):
-    log P(target) and whether the target's logit is the maximum.
+                     slot_of: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per scored target ([groups, entries]; `slot_of` indexes `positions`, [groups, width] flat slots into
+    each group's rows, see `BatchScorer._launch`): log P(target) and whether its logit is the maximum.
 
     The LM head runs over consecutive slices of the output embedding, each reduced at once to its max and
     sum of exp, so no [positions, vocab] logits are ever written to memory (with a 50k vocabulary, reading
@@ -161,6 +167,8 @@ def _score_positions(features_fn: FeaturesFn, params: Any, head: LMHead, rows: R
     maxes = jnp.stack(maxes)
     best = jnp.max(maxes, axis=0)
     log_normalizer = best + jnp.log(jnp.sum(jnp.stack(exp_sums) * jnp.exp(maxes - best), axis=0))
+    best, log_normalizer = (jnp.take_along_axis(x, slot_of, axis=1) for x in (best, log_normalizer))
+    features = jnp.take_along_axis(features, slot_of[..., None], axis=1)
     target = jnp.einsum("...d,...d->...", features, head.embedding[targets].astype(features.dtype),
                         preferred_element_type=jnp.float32)
     return target - log_normalizer, target >= best - GREEDY_RTOL * jnp.maximum(1.0, jnp.abs(best))
@@ -262,21 +270,26 @@ class BatchScorer:
         return rows
 
     def _launch(self, rows: list[_Row], n_rows: int, length: int) -> tuple[np.ndarray, tuple[jax.Array, jax.Array]]:
-        """Dispatch one batch of packed rows: the unique request each scored position belongs to (-1 for
-        padding), and the (not yet computed) per-position log-probabilities and greedy flags.
+        """Dispatch one batch of packed rows: the unique request each scored target belongs to (-1 for
+        padding), and the (not yet computed) per-target log-probabilities and greedy flags.
 
         Scored positions are listed per group of rows, one group per data-parallel shard, as flat indices
         into the group's rows: the gather stays on the device holding those rows, and the width (the
         largest group's count, rounded by `scored_width`) wastes little however unevenly rows are filled.
+        A tree's last prefix slot predicts the first token of every branch but goes through the head once.
         """
         groups = self._data_parallel
         group_rows = n_rows // groups
-        counts = [sum(row.scored for row in rows[g * group_rows:(g + 1) * group_rows]) for g in range(groups)]
-        width = scored_width(max(counts), group_rows * length)
+        members = [[tree for row in rows[g * group_rows:(g + 1) * group_rows] for tree in row.trees]
+                   for g in range(groups)]
+        cap = group_rows * length
+        width = scored_width(max(sum(t.positions for t in trees) for trees in members), cap)
+        entries = scored_width(max(sum(t.scored for t in trees) for trees in members), cap)
         arrays = Rows(*(np.zeros((n_rows, length), np.int32) for _ in Rows._fields))
-        at, targets = np.zeros((groups, width), np.int32), np.zeros((groups, width), np.int32)
-        owner = np.full((groups, width), -1)  # the unique request each scored position belongs to
-        col = [0] * groups
+        at = np.zeros((groups, width), np.int32)  # flat slot within the group's rows, once per slot
+        slot_of, targets = np.zeros((groups, entries), np.int32), np.zeros((groups, entries), np.int32)
+        owner = np.full((groups, entries), -1)  # the unique request each scored target belongs to
+        n_at, n_entries = [0] * groups, [0] * groups
         for r, row in enumerate(rows):
             g, slot = r // group_rows, 0
             base = (r % group_rows) * length  # the row's first flat index within its group
@@ -285,6 +298,9 @@ class BatchScorer:
                 arrays.tokens[r, slot:prefix_end] = tree.prefix
                 arrays.positions[r, slot:prefix_end] = np.arange(len(tree.prefix))
                 arrays.segment_ids[r, slot:prefix_end] = segment
+                last_prefix = n_at[g]
+                at[g, last_prefix] = base + prefix_end - 1
+                n_at[g] += 1
                 slot = prefix_end
                 for branch_id, branch in enumerate(tree.branches, start=1):
                     end = slot + len(branch.tokens)
@@ -292,18 +308,19 @@ class BatchScorer:
                     arrays.positions[r, slot:end] = np.arange(len(tree.prefix), len(tree.prefix) + len(branch.tokens))
                     arrays.segment_ids[r, slot:end] = segment
                     arrays.branch_ids[r, slot:end] = branch_id
-                    c, n = col[g], len(branch.targets)
-                    at[g, c:c + n] = base + np.array([prefix_end - 1, *range(slot, end)])
-                    targets[g, c:c + n] = branch.targets
-                    owner[g, c:c + n] = branch.request
-                    slot, col[g] = end, c + n
-        outputs = self._score(self.params, self.head, Rows(*map(self._place, arrays)), self._place(at),
-                              self._place(targets))
+                    a, e, n = n_at[g], n_entries[g], len(branch.targets)
+                    at[g, a:a + n - 1] = base + np.arange(slot, end)
+                    slot_of[g, e:e + n] = [last_prefix, *range(a, a + n - 1)]
+                    targets[g, e:e + n] = branch.targets
+                    owner[g, e:e + n] = branch.request
+                    slot, n_at[g], n_entries[g] = end, a + n - 1, e + n
+        outputs = self._score(self.params, self.head, Rows(*map(self._place, arrays)),
+                              *map(self._place, (at, slot_of, targets)))
         self.stats.rows += n_rows
         self.stats.batches += 1
         self.stats.positions += n_rows * length
         self.stats.scored += groups * width
-        self.stats.shapes.add((n_rows, length, width))
+        self.stats.shapes.add((n_rows, length, width, entries))
         return owner, outputs
 
     def _place(self, array: np.ndarray) -> jax.Array | np.ndarray:

@@ -92,12 +92,12 @@ def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
         want_lp, want_greedy = _naive(params, ctx, cont)
         assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
         assert greedy == want_greedy
-    # Answer choices shared their context; a few compiled shapes, each (rows, bucket length, scored width);
-    # with a mesh, rows divide over 8.
+    # Answer choices shared their context; a few compiled shapes, each (rows, bucket length, scored
+    # positions, scored targets); with a mesh, rows divide over 8.
     assert scorer.stats.trees < scorer.stats.unique == 60
-    assert {length for _, length, _ in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
-    assert all(rows % (8 if sharded else 1) == 0 for rows, _, _ in scorer.stats.shapes)
-    assert all(width == scored_width(width, width) for _, _, width in scorer.stats.shapes)
+    assert {length for _, length, _, _ in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
+    assert all(rows % (8 if sharded else 1) == 0 for rows, _, _, _ in scorer.stats.shapes)
+    assert all(w == scored_width(w, w) for _, _, *widths in scorer.stats.shapes for w in widths)
 
 
 def test_prefix_trees_and_vocab_slices_match_naive_loop_with_banded_attention(params) -> None:
@@ -119,6 +119,7 @@ def test_build_trees_shares_prefixes_within_the_window() -> None:
     [tree] = build_trees([(ctx, c) for c in choices], max_length=64)
     assert tree.prefix == ctx and [b.tokens for b in tree.branches] == [[], [21], [23, 24]]
     assert (tree.length, tree.scored) == (10 + 0 + 1 + 2, 1 + 2 + 3)
+    assert tree.positions == 1 + 0 + 1 + 2  # the context's last token predicts every first token, once
     # Branches that would overflow the window start a new tree with the same prefix; each request fits.
     trees = build_trees([(ctx, [v] * 20) for v in (7, 8, 9)], max_length=64)  # 10 + 19 + 19 + 19 > 64
     assert [len(t.branches) for t in trees] == [2, 1] and all(t.length <= 64 for t in trees)
