@@ -29,7 +29,6 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import torch_reference  # noqa: E402
 from gptjax import metrics, model, sharding, train  # noqa: E402
@@ -48,11 +47,8 @@ def jax_tokens_per_s(run: RunConfig, steps: int, warmup: int, devices: list[jax.
     tokens = np.random.default_rng(seed).integers(0, run.model.vocab_size, (warmup + steps, batch, seq_len + 1))
     ones = np.ones((batch, seq_len), np.int32)
     with jax.set_mesh(mesh), nn.logical_axis_rules(train.flax_rules(run.mesh.rules)):
-        state = jax.jit(lambda key: train.init_state(run, tx, key), out_shardings=state_shardings)(
-            jax.random.key_data(jax.random.key(seed)))
-        step_fn = jax.jit(train.make_train_step(run, tx), in_shardings=(state_shardings, batch_sharding),
-                          out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
-                          donate_argnums=(0,))
+        state = train.init_sharded_state(run, tx, state_shardings)
+        step_fn = train.jit_train_step(run, tx, state_shardings, batch_sharding)
         batches = [jax.device_put({"inputs": t[:, :-1].astype(np.int32), "targets": t[:, 1:].astype(np.int32),
                                    "segment_ids": ones, "positions": np.cumsum(ones, axis=1) - 1,
                                    "loss_mask": ones}, batch_sharding)

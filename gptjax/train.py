@@ -162,6 +162,20 @@ def restore_target(run: RunConfig, tx: optax.GradientTransformation, shardings: 
                         abstract_state(run, tx), shardings)
 
 
+def init_sharded_state(run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """A fresh state created directly in its shardings (never whole on one device), seeded by `run.seed`."""
+    rng = jax.random.key_data(jax.random.key(run.seed))
+    return jax.jit(lambda r: init_state(run, tx, r), out_shardings=shardings)(rng)
+
+
+def jit_train_step(run: RunConfig, tx: optax.GradientTransformation, state_shardings: TrainState,
+                   batch_sharding: NamedSharding) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The train step as it runs: one jit over the mesh, the state donated, metrics replicated."""
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(make_train_step(run, tx), in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
 class Hook(Protocol):
     def on_start(self, trainer: "Trainer") -> None: ...
     def on_step(self, trainer: "Trainer", step: int, metrics: dict[str, jax.Array]) -> None: ...
@@ -195,9 +209,7 @@ class Trainer:
                               f"/ micro_batches={run.micro_batches}) is not divisible by the data-parallel size {dp}")
         self.state_shardings = self._state_shardings()
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.step_fn = jax.jit(make_train_step(run, self.tx),
-                               in_shardings=(self.state_shardings, self.batch_sharding),
-                               out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        self.step_fn = jit_train_step(run, self.tx, self.state_shardings, self.batch_sharding)
         self.eval_fn = jax.jit(make_eval_step(run), in_shardings=(self.state_shardings.params, self.batch_sharding),
                                out_shardings=(replicated, replicated))
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=run.keep_checkpoints)
@@ -218,9 +230,8 @@ class Trainer:
         if latest is not None:
             log.info("resuming from %s at step %d", self.checkpointer.directory, latest)
             return self.checkpointer.restore(latest, restore_target(self.run, self.tx, self.state_shardings))
-        rng = jax.random.key_data(jax.random.key(self.run.seed))
         with jax.set_mesh(self.mesh):
-            return jax.jit(lambda r: init_state(self.run, self.tx, r), out_shardings=self.state_shardings)(rng)
+            return init_sharded_state(self.run, self.tx, self.state_shardings)
 
     # -- batches -----------------------------------------------------------------------------------------
 
