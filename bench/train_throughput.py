@@ -5,7 +5,8 @@ on random tokens, gptjax on one device and (with `--host-devices N`, default 2) 
 emulated host devices, one per core, which is how JAX spreads a step over a CPU host's cores;
 tests/test_torch_reference.py checks that the two sides compute the same thing. MFU uses gptjax's model
 FLOP count (model.FLOPS_CONVENTION) for every side, against the host's peak (on CPU: a measured matmul
-rate, see gptjax.metrics.measure_matmul_peak).
+rate, see gptjax.metrics.measure_matmul_peak). It also times the step's matrix products alone on each side
+(bench/gemm_floor.py): the torch step divided by XLA's products bounds the ratio any gptjax step could reach.
 
 Run as a script from the repository root: `python bench/train_throughput.py [--bench nano] [--out r.json]`.
 """
@@ -30,6 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import gemm_floor  # noqa: E402
 import torch_reference  # noqa: E402
 from gptjax import metrics, model, sharding, train  # noqa: E402
 from gptjax.config import MeshConfig, OptimConfig, RunConfig  # noqa: E402
@@ -96,14 +98,23 @@ def main() -> None:
         tokens_per_s["torch"] = torch_reference.measure_tokens_per_s(bench.model, bench.batch_size,
                                                                      run.sequence_length, args.steps, args.warmup)
         mfu = {side: tps * throughput.flops_per_token / host_peak for side, tps in tokens_per_s.items()}
+        # The step's matrix products timed alone: no step on a side is faster than its products.
+        gemms = gemm_floor.step_gemms(bench.model, bench.batch_size, run.sequence_length)
+        floor_s = {side: gemm_floor.floor_seconds(gemms, lambda g, d=side_devices: gemm_floor.xla_seconds(g, d))
+                   for side, side_devices in sides.items()}
+        floor_s["torch"] = gemm_floor.floor_seconds(gemms, gemm_floor.torch_seconds)
+        torch_step_s = throughput.tokens_per_step / tokens_per_s["torch"]
         results.append({"bench": name, "params": model.param_count(bench.model).total,
                         "batch_size": bench.batch_size, "seq_len": run.sequence_length,
                         "tokens_per_s": tokens_per_s, "mfu": mfu, "host_peak_flops": host_peak,
-                        **throughput.metadata()})
+                        "gemm_floor_s": floor_s, "torch_step_s": torch_step_s, **throughput.metadata()})
         print(f"{name}: " + ", ".join(f"{side} {tps:,.0f} tok/s (MFU {mfu[side]:.1%})"
                                       for side, tps in tokens_per_s.items()))
         print(f"{name}: " + ", ".join(f"{side}/torch {tokens_per_s[side] / tokens_per_s['torch']:.2f}x"
                                       for side in sides))
+        print(f"{name}: matrix products alone {', '.join(f'{side} {s * 1e3:,.1f} ms' for side, s in floor_s.items())}"
+              f" per step; torch's whole step {torch_step_s * 1e3:,.1f} ms, so with XLA's matmul kernels "
+              + ", ".join(f"{side}/torch <= {torch_step_s / floor_s[side]:.2f}x" for side in sides))
     print(f"host {devices[0].device_kind} as {len(devices)} device(s), {os.cpu_count()} cores, peak "
           f"{host_peak / 1e9:,.0f} GFLOP/s ({throughput.peak_source} fp32 matmul), torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads, jax {jax.__version__}")

@@ -25,6 +25,7 @@ from gptjax.config import ConfigError, ModelConfig
 Array = jax.Array
 Params = Any  # nested dict of arrays
 Cache = dict[str, Any]
+Blocks = tuple[tuple[int, int, int], ...] | None  # see attention_blocks; None = all keys (decoding)
 
 # Activation logical axes (parameters use the same vocabulary; see sharding.DEFAULT_RULES).
 ACT_HIDDEN = ("batch", "length", "act_embed")
@@ -74,8 +75,10 @@ def _materialize_gradient_fwd(x: Array) -> tuple[Array, None]:
 def _materialize_gradient_bwd(_: None, g: Array) -> tuple[Array]:
     if jax.default_backend() == "cpu":
         # XLA:CPU removes optimization barriers before fusing, but never fuses a matmul into its
-        # consumers; multiplying by the identity is exact and costs 2*d_model FLOPs per token.
-        return (g @ jnp.eye(g.shape[-1], dtype=g.dtype),)
+        # consumers. Multiplying by the identity is exact; in blocks of 16 values it costs 32 FLOPs per
+        # value (a d_model-wide identity would cost 2*d_model^2 per token, ~3% of a layer's training FLOPs).
+        block = 16 if g.size % 16 == 0 else g.shape[-1]
+        return ((g.reshape(-1, block) @ jnp.eye(block, dtype=g.dtype)).reshape(g.shape),)
     return (jax.lax.optimization_barrier(g),)
 
 
@@ -90,8 +93,8 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, layer_cache: dict[str, Array] | None, cache_index: Array | None,
-                 deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+    def __call__(self, x: Array, mask: Array, blocks: Blocks, layer_cache: dict[str, Array] | None,
+                 cache_index: Array | None, deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         d, h, k = cfg.d_model, cfg.n_head, cfg.head_dim
@@ -110,11 +113,19 @@ class Attention(nn.Module):
             new_cache = {"k": key, "v": value}
             key, value = key.astype(dt), value.astype(dt)
 
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, key, preferred_element_type=jnp.float32) / math.sqrt(k)
-        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqs,bshk->bqhk", probs.astype(dt), value)
+        def attend(q_start: int, q_end: int | None, k_start: int) -> Array:
+            keys, values = key[:, k_start:q_end], value[:, k_start:q_end]
+            scores = jnp.einsum("bqhk,bshk->bhqs", q[:, q_start:q_end], keys,
+                                preferred_element_type=jnp.float32) / math.sqrt(k)
+            scores = jnp.where(mask[:, None, q_start:q_end, k_start:q_end], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
+            return jnp.einsum("bhqs,bshk->bqhk", probs.astype(dt), values)
+
+        if blocks is None:  # decoding: the cache's keys, all of them
+            out = attend(0, None, 0)
+        else:
+            out = jnp.concatenate([attend(*block) for block in blocks], axis=1)
         wo = _param(self, "out_kernel", _residual_std(cfg), (h, k, d), ("heads", "kv", "embed"), pdt)
         bo = _param(self, "out_bias", None, (d,), ("embed",), pdt)
         y = jnp.einsum("bqhk,hkd->bqd", out, wo.astype(dt)) + bo.astype(dt)
@@ -141,16 +152,16 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, layer_cache: dict[str, Array] | None, cache_index: Array | None,
-                 deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+    def __call__(self, x: Array, mask: Array, blocks: Blocks, layer_cache: dict[str, Array] | None,
+                 cache_index: Array | None, deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
         x = _materialize_gradient(nn.with_logical_constraint(x, ACT_HIDDEN))
         attn, mlp = Attention(self.cfg, name="attn"), MLP(self.cfg, name="mlp")
         ln_1, ln_2 = LayerNorm(self.cfg, name="ln_1"), LayerNorm(self.cfg, name="ln_2")
         if self.cfg.norm == "pre":
-            a, new_cache = attn(ln_1(x), mask, layer_cache, cache_index, deterministic)
+            a, new_cache = attn(ln_1(x), mask, blocks, layer_cache, cache_index, deterministic)
             x = x + a
             return x + mlp(ln_2(x), deterministic), new_cache
-        a, new_cache = attn(x, mask, layer_cache, cache_index, deterministic)  # GPT-1: post-norm
+        a, new_cache = attn(x, mask, blocks, layer_cache, cache_index, deterministic)  # GPT-1: post-norm
         x = ln_1(x + a)
         return ln_2(x + mlp(x, deterministic)), new_cache
 
@@ -178,6 +189,20 @@ def attention_masks(cfg: ModelConfig, q_slots: Array, k_slots: Array, q_segments
     if "banded" in cfg.attention_pattern:
         masks["banded"] = dense & (distance < cfg.band_width)
     return masks
+
+
+def attention_blocks(cfg: ModelConfig, kind: str, length: int, band_in_slots: bool) -> Blocks:
+    """Static (query start, query end, key start) blocks of `cfg.attention_block` query rows for a
+    cache-free pass: keys from key start to query end hold every score the block's mask can keep (causal;
+    within the band of a banded layer), so the scores of later and out-of-band keys are never computed.
+
+    With prefix-shared rows the band counts positions, not slots (`attention_masks`), so only the causal
+    bound is used then.
+    """
+    size = cfg.attention_block or length
+    return tuple((start, min(start + size, length),
+                  max(0, start - cfg.band_width + 1) if kind == "banded" and band_in_slots else 0)
+                 for start in range(0, length, size))
 
 
 class GPT(nn.Module):
@@ -217,8 +242,9 @@ class GPT(nn.Module):
         new_layers = []
         for i in range(cfg.n_layer):
             layer_cache = cache["layers"][i] if cache is not None else None
-            x, new_layer = Block(cfg, name=f"h_{i}")(x, masks[cfg.layer_kind(i)], layer_cache, offset,
-                                                     deterministic)
+            kind = cfg.layer_kind(i)
+            blocks = None if cache is not None else attention_blocks(cfg, kind, length, branch_ids is None)
+            x, new_layer = Block(cfg, name=f"h_{i}")(x, masks[kind], blocks, layer_cache, offset, deterministic)
             new_layers.append(new_layer)
         if cfg.final_norm:
             x = LayerNorm(cfg, name="ln_f")(x)

@@ -83,6 +83,7 @@ def test_flops_per_token_formula():
     (dict(attention_pattern=("dense", "sparse")), "'sparse'"),
     (dict(n_layer=0), "n_layer must be positive"),
     (dict(attn_dropout=1.5), "attn_dropout"),
+    (dict(attention_block=-1), "attention_block must be >= 0"),
 ])
 def test_bad_model_config_names_values(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -140,6 +141,38 @@ def test_banded_attention_ignores_tokens_outside_the_window():
     assert float(jnp.abs(a[0, 3] - b[0, 3]).max()) > 0.0
     dense = ModelConfig(n_layer=1, d_model=32, n_head=4, n_ctx=32)
     assert float(jnp.abs(model.forward(params, tokens, dense)[0, 4:] - model.forward(params, changed, dense)[0, 4:]).max()) > 0
+
+
+@pytest.mark.parametrize("pattern", [("dense",), ("dense", "banded")])
+@pytest.mark.parametrize("block", [5, 8])
+def test_attention_blocks_compute_what_one_block_computes(pattern, block):
+    """Skipping key blocks the masks remove changes only which scores are computed: logits and gradients
+    equal full attention's, for packed segments and for prefix-shared rows (whose band counts positions)."""
+    one = ModelConfig(n_layer=2, d_model=32, n_head=4, n_ctx=32, attention_pattern=pattern, band_width=6)
+    blocked = dataclasses.replace(one, attention_block=block)
+    params, tokens = _random_setup(one, batch=2, length=24)
+    weights = jax.random.normal(jax.random.key(2), (2, 24, one.vocab_size))
+    packed = dict(segment_ids=jnp.array([[1] * 10 + [2] * 9 + [0] * 5, [1] * 24]),
+                  positions=jnp.array([list(range(10)) + list(range(9)) + [0] * 5, list(range(24))]))
+    # A 12-token prefix with three 4-token branches continuing its positions.
+    shared = dict(segment_ids=jnp.ones((2, 24), jnp.int32),
+                  positions=jnp.tile(jnp.array(list(range(12)) + list(range(12, 16)) * 3), (2, 1)),
+                  branch_ids=jnp.tile(jnp.array([0] * 12 + [1] * 4 + [2] * 4 + [3] * 4), (2, 1)))
+    for layout in (packed, shared):
+        def logits(p, cfg):
+            return model.forward(p, tokens, cfg, **layout)
+
+        def grads(cfg):
+            return jax.jit(jax.grad(lambda p: (logits(p, cfg) * weights).sum()))(params)
+
+        np.testing.assert_allclose(jax.jit(logits, static_argnums=1)(params, blocked),
+                                   jax.jit(logits, static_argnums=1)(params, one), atol=2e-6)
+        full_grads, blocked_grads = grads(one), grads(blocked)
+        for (path, g_full), g_blocked in zip(jax.tree_util.tree_leaves_with_path(full_grads),
+                                             jax.tree.leaves(blocked_grads)):
+            if "key_bias" in jax.tree_util.keystr(path):
+                continue  # softmax ignores a shift of every score: its true gradient is 0, both hold noise
+            np.testing.assert_allclose(g_blocked, g_full, atol=2e-5 * float(jnp.abs(g_full).max()))
 
 
 def test_causality():
