@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import jax
 import numpy as np
 
+import gemm_floor
 from gptjax import model
 from gptjax.config import get_preset
 
@@ -24,13 +24,7 @@ def seconds_per_step(cfg, tokens: jax.Array, repeats: int) -> float:
     """Fastest of `repeats` jitted gradient computations of the mean logit (after one compiling call)."""
     params = model.init_params(cfg, jax.random.key(0))
     grad = jax.jit(jax.grad(lambda p: model.forward(p, tokens, cfg).mean()))
-    jax.block_until_ready(grad(params))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(grad(params))
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return gemm_floor.fastest(lambda: jax.block_until_ready(grad(params)), repeats)
 
 
 def main() -> None:

@@ -90,8 +90,9 @@ def product(layout: str, transpose: Callable[[Any], Any]) -> Callable[[Any, Any]
             "tn": lambda x, y: transpose(x) @ y}[layout]
 
 
-def _fastest(call: Callable[[], Any], repeats: int) -> float:
-    call()  # the first call may compile
+def fastest(call: Callable[[], Any], repeats: int) -> float:
+    """Fastest of `repeats` timed calls, after one untimed call (which may compile)."""
+    call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -105,7 +106,7 @@ def _kernel_seconds(call: Callable[[Callable[[Any, Any], Any]], Any], op: Callab
     """Fastest call of `op` less the fastest call of a near-empty op on the same operands: the kernel's
     time without the per-call dispatch, which a jitted step pays once rather than per product."""
     empty = lambda x, y: x[:1] + 0  # noqa: E731  one row: a copy-sized op with the same arguments
-    return max(0.0, _fastest(lambda: call(op), repeats) - _fastest(lambda: call(empty), repeats))
+    return max(0.0, fastest(lambda: call(op), repeats) - fastest(lambda: call(empty), repeats))
 
 
 def xla_seconds(gemm: Gemm, devices: list[jax.Device], repeats: int = 10) -> float:

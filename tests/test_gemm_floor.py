@@ -1,8 +1,6 @@
 """The GEMM floor must list exactly the matrix products of a train step, or the bound it prints means nothing."""
 
 import dataclasses
-import importlib.util
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,19 +9,10 @@ import pytest
 
 from gptjax import model
 from gptjax.config import ModelConfig
-from gptjax.paths import REPO_ROOT
 
+import bench_scripts
 
-def _load(name: str):
-    """bench/ is a directory of scripts, not a package on the test's sys.path."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _load("gemm_floor")
+floor = bench_scripts.load("gemm_floor")
 
 
 def _total_flops(gemms) -> int:

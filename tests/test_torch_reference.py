@@ -1,9 +1,7 @@
 """The torch benchmark baseline must be the same model and optimiser as gptjax, not merely a similar one."""
 
 import dataclasses
-import importlib.util
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,22 +11,12 @@ import pytest
 
 from gptjax import model, train
 from gptjax.config import ConfigError, ModelConfig, OptimConfig, RunConfig
-from gptjax.paths import REPO_ROOT
+
+import bench_scripts
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # tiny models; several pytest-xdist workers may share the cores
-
-
-def _load_reference():
-    """bench/ is a directory of scripts, not a package on the test's sys.path."""
-    spec = importlib.util.spec_from_file_location("torch_reference", REPO_ROOT / "bench" / "torch_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ref = _load_reference()
+ref = bench_scripts.load("torch_reference")
 
 CFG = ModelConfig(vocab_size=65, n_ctx=32, n_layer=2, n_head=4, d_model=64)
 
