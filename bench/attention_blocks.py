@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import gemm_floor
 import jax
 import numpy as np
 
-import gemm_floor
 from gptjax import model
 from gptjax.config import get_preset
 
@@ -36,15 +36,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     preset = get_preset(args.preset)
-    cfg = dataclasses.replace(preset, n_layer=args.layers or len(preset.attention_pattern), vocab_size=args.vocab,
-                              embd_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
+    cfg = dataclasses.replace(
+        preset,
+        n_layer=args.layers or len(preset.attention_pattern),
+        vocab_size=args.vocab,
+        embd_dropout=0.0,
+        attn_dropout=0.0,
+        resid_dropout=0.0,
+    )
     tokens = np.random.default_rng(0).integers(0, args.vocab, (args.batch, cfg.n_ctx)).astype(np.int32)
     block = preset.attention_block or 256
-    one, blocked = (seconds_per_step(dataclasses.replace(cfg, attention_block=b), tokens, args.repeats)
-                    for b in (0, block))
-    print(f"{args.preset} x {cfg.n_layer} layers {cfg.attention_pattern[:cfg.n_layer]}, {args.batch} x {cfg.n_ctx} "
-          f"tokens, forward + backward: one block {one * 1e3:,.0f} ms, blocks of {block} {blocked * 1e3:,.0f} ms "
-          f"({one / blocked:.2f}x)")
+    one, blocked = (
+        seconds_per_step(dataclasses.replace(cfg, attention_block=b), tokens, args.repeats) for b in (0, block)
+    )
+    print(
+        f"{args.preset} x {cfg.n_layer} layers {cfg.attention_pattern[: cfg.n_layer]}, {args.batch} x {cfg.n_ctx} "
+        f"tokens, forward + backward: one block {one * 1e3:,.0f} ms, blocks of {block} {blocked * 1e3:,.0f} ms "
+        f"({one / blocked:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -36,8 +35,11 @@ BENCH_PRESETS = {
     "gpt2-mini": dict(base="gpt2-small", n_layer=4, d_model=256, n_head=4),
     "gpt2-micro": dict(base="gpt2-small", n_layer=2, d_model=128, n_head=2),
 }
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
 
 
 def model_config(preset: str) -> Any:
@@ -56,8 +58,10 @@ def tokenizer_for(cfg: Any) -> Any:
         return get_vocabulary("gpt2")
     if cfg.vocab_size == 257:
         return get_vocabulary("byte")
-    raise SystemExit(f"preset {cfg.name} has vocab_size={cfg.vocab_size}; this benchmark knows the GPT-2 BPE "
-                     "(50257) and byte (257) vocabularies")
+    raise SystemExit(
+        f"preset {cfg.name} has vocab_size={cfg.vocab_size}; this benchmark knows the GPT-2 BPE "
+        "(50257) and byte (257) vocabularies"
+    )
 
 
 def hellaswag_requests(n_docs: int, shots: int = 0, seed: int = 1234) -> list[tuple[str, str]]:
@@ -132,13 +136,13 @@ def make_naive(params: Any, cfg: Any, tokenizer: Any, buckets: list[int] | None)
         for context, continuation in requests:
             ctx, cont = encode_request(tokenizer, context, continuation)
             inputs, _ = model_input(ctx, cont, cfg.n_ctx)
-            targets = (ctx + cont)[-(cfg.n_ctx + 1):][1:]
+            targets = (ctx + cont)[-(cfg.n_ctx + 1) :][1:]
             n = len(inputs)
             length = n if buckets is None else next(b for b in buckets if b >= n)
             tokens = np.zeros((1, length), np.int32)
             target = np.zeros((1, length), np.int32)
             mask = np.zeros((1, length), bool)
-            tokens[0, :n], target[0, :n], mask[0, n - len(cont):n] = inputs, targets, True
+            tokens[0, :n], target[0, :n], mask[0, n - len(cont) : n] = inputs, targets, True
             total, greedy = score_one(params, tokens, target, mask)
             out.append((float(total), bool(greedy)))
         return out
@@ -172,12 +176,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     n_devices = jax.device_count()
     mesh = make_mesh(MeshConfig(data=-1)) if n_devices > 1 else None
     report: dict[str, Any] = {
-        "preset": cfg.name, "norm": cfg.norm, "n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_head": cfg.n_head,
-        "vocab_size": cfg.vocab_size, "n_ctx": cfg.n_ctx, "params": counts.total,
-        "non_embedding_params": counts.non_embedding, "docs": args.docs, "shots": args.shots,
+        "preset": cfg.name,
+        "norm": cfg.norm,
+        "n_layer": cfg.n_layer,
+        "d_model": cfg.d_model,
+        "n_head": cfg.n_head,
+        "vocab_size": cfg.vocab_size,
+        "n_ctx": cfg.n_ctx,
+        "params": counts.total,
+        "non_embedding_params": counts.non_embedding,
+        "docs": args.docs,
+        "shots": args.shots,
         "requests": len(requests),
-        "distinct_lengths": len(set(lengths)), "mean_length": float(np.mean(lengths)),
-        "real_tokens": int(sum(lengths)), "devices": n_devices, "device_kind": jax.devices()[0].device_kind,
+        "distinct_lengths": len(set(lengths)),
+        "mean_length": float(np.mean(lengths)),
+        "real_tokens": int(sum(lengths)),
+        "devices": n_devices,
+        "device_kind": jax.devices()[0].device_kind,
         "paths": {},
     }
 
@@ -192,21 +207,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for suffix, variant_mesh in variants:
             lm = GptjaxLM(params, cfg, tokenizer, batch_tokens=bt, mesh=variant_mesh)
             paths[f"a:batch_tokens={bt}{suffix}"] = (
-                lambda lm=lm: [(r.logprob, r.is_greedy) for r in lm.loglikelihood(requests)], lm)
+                lambda lm=lm: [(r.logprob, r.is_greedy) for r in lm.loglikelihood(requests)],
+                lm,
+            )
     buckets = bucket_lengths(cfg.n_ctx)
-    paths["b:exact"] = (lambda run=make_naive(params, cfg, tokenizer, None): run(requests), None)
-    paths["b:padded"] = (lambda run=make_naive(params, cfg, tokenizer, buckets): run(requests), None)
+    for name, lengths in (("b:exact", None), ("b:padded", buckets)):
+        naive = make_naive(params, cfg, tokenizer, lengths)
+        paths[name] = (lambda run=naive: run(requests), None)
     for name, (fn, lm) in paths.items():
         out, wall, compile_s, compiles = timed(fn, clock)
-        entry = {"first_s": wall, "compile_s": compile_s, "compiles": compiles, "steady_s": [],
-                 "loglikelihoods": [lp for lp, _ in out], "is_greedy": [g for _, g in out]}
+        entry = {
+            "first_s": wall,
+            "compile_s": compile_s,
+            "compiles": compiles,
+            "steady_s": [],
+            "loglikelihoods": [lp for lp, _ in out],
+            "is_greedy": [g for _, g in out],
+        }
         if lm is not None:
             stats = lm.scorer.stats  # of the first call alone
-            entry |= {"batches": stats.batches, "shapes": sorted(stats.shapes), "trees": stats.trees,
-                      "computed_tokens": stats.positions, "scored_positions": stats.scored}
+            entry |= {
+                "batches": stats.batches,
+                "shapes": sorted(stats.shapes),
+                "trees": stats.trees,
+                "computed_tokens": stats.positions,
+                "scored_positions": stats.scored,
+            }
         else:
-            entry["computed_tokens"] = sum(lengths) if name == "b:exact" else sum(
-                next(b for b in buckets if b >= n) for n in lengths)
+            entry["computed_tokens"] = (
+                sum(lengths) if name == "b:exact" else sum(next(b for b in buckets if b >= n) for n in lengths)
+            )
         report["paths"][name] = entry
         print(f"  [{name}] first call {wall:.1f}s ({compiles} compiles, {compile_s:.1f}s compiling)", flush=True)
     for repeat in range(args.repeats):
@@ -230,37 +260,50 @@ def label(name: str) -> str:
         return LABELS[name]
     parts = name.split(":")
     if parts[0] == "b":  # the naive loop in the child process
-        return f"{LABELS[':'.join(parts[:2])]}, {parts[2][len('host'):]} host devices"
+        return f"{LABELS[':'.join(parts[:2])]}, {parts[2][len('host') :]} host devices"
     where = ""
     if len(parts) > 2:
-        where = (f", sharded x{parts[2][len('sharded'):]}" if parts[2].startswith("sharded")
-                 else f", {parts[2].split('-')[0][len('host'):]} host devices, 1 used")
+        where = (
+            f", sharded x{parts[2][len('sharded') :]}"
+            if parts[2].startswith("sharded")
+            else f", {parts[2].split('-')[0][len('host') :]} host devices, 1 used"
+        )
     return f"(a) GptjaxLM {parts[1]}{where}"
 
 
 def print_report(report: dict[str, Any]) -> None:
     paths = report["paths"]
     n = report["requests"]
-    print(f"\nmodel {report['preset']}: {report['norm']}-norm GPT, n_layer={report['n_layer']} "
-          f"d_model={report['d_model']} n_head={report['n_head']} vocab={report['vocab_size']} "
-          f"n_ctx={report['n_ctx']}, "
-          f"{report['params'] / 1e6:.1f}M parameters ({report['non_embedding_params'] / 1e6:.1f}M non-embedding), "
-          f"fp32, random init")
-    print(f"{n} requests from {report['docs']} documents at K={report['shots']}: {report['real_tokens']} input "
-          f"tokens, mean length {report['mean_length']:.1f}, {report['distinct_lengths']} distinct lengths; "
-          f"host {report['device_kind']}, {os.cpu_count()} CPU cores")
+    print(
+        f"\nmodel {report['preset']}: {report['norm']}-norm GPT, n_layer={report['n_layer']} "
+        f"d_model={report['d_model']} n_head={report['n_head']} vocab={report['vocab_size']} "
+        f"n_ctx={report['n_ctx']}, "
+        f"{report['params'] / 1e6:.1f}M parameters ({report['non_embedding_params'] / 1e6:.1f}M non-embedding), "
+        f"fp32, random init"
+    )
+    print(
+        f"{n} requests from {report['docs']} documents at K={report['shots']}: {report['real_tokens']} input "
+        f"tokens, mean length {report['mean_length']:.1f}, {report['distinct_lengths']} distinct lengths; "
+        f"host {report['device_kind']}, {os.cpu_count()} CPU cores"
+    )
     width = max(len(label(k)) for k in paths)
-    header = (f"{'path':{width}s} {'compiles':>8s} {'compile s':>9s} {'first call s':>12s} {'steady s':>8s} "
-              f"{'req/s steady':>12s} {'req/s 1st':>9s} {'body x':>6s}")
+    header = (
+        f"{'path':{width}s} {'compiles':>8s} {'compile s':>9s} {'first call s':>12s} {'steady s':>8s} "
+        f"{'req/s steady':>12s} {'req/s 1st':>9s} {'body x':>6s}"
+    )
     print(header)
     print("-" * len(header))
     for name, e in paths.items():
         steady = min(e["steady_s"]) if e["steady_s"] else float("nan")
-        print(f"{label(name):{width}s} {e['compiles']:8d} {e['compile_s']:9.1f} {e['first_s']:12.1f} {steady:8.1f} "
-              f"{n / steady:12.1f} {n / e['first_s']:9.1f} {e['computed_tokens'] / report['real_tokens']:6.2f}")
-    print("(compile s: JAX tracing + lowering + XLA compile inside the first call; steady: fastest later call; "
-          "body x: token positions the model body computes, padding included, / real input tokens (below 1 when "
-          "answer choices share their context); the LM head runs only at continuation positions)")
+        print(
+            f"{label(name):{width}s} {e['compiles']:8d} {e['compile_s']:9.1f} {e['first_s']:12.1f} {steady:8.1f} "
+            f"{n / steady:12.1f} {n / e['first_s']:9.1f} {e['computed_tokens'] / report['real_tokens']:6.2f}"
+        )
+    print(
+        "(compile s: JAX tracing + lowering + XLA compile inside the first call; steady: fastest later call; "
+        "body x: token positions the model body computes, padding included, / real input tokens (below 1 when "
+        "answer choices share their context); the LM head runs only at continuation positions)"
+    )
     # Ratios only between paths measured in one process (interleaved); the child ran at another time.
     local = [k for k in paths if k.count(":") < 2]
     batched = [k for k in local if k.startswith("a:")]
@@ -269,33 +312,50 @@ def print_report(report: dict[str, Any]) -> None:
     steady = {k: min(paths[k]["steady_s"]) for k in paths}
     cold = {k: paths[k]["compile_s"] + steady[k] for k in paths}  # a cold call, robust to load changes
     best = min(batched, key=steady.get)
-    print(f"\nratios (requests/s of the first / of the second) against the best (a), {label(best)}: "
-          "steady state | cold call measured | cold call as compile s + steady s")
+    print(
+        f"\nratios (requests/s of the first / of the second) against the best (a), {label(best)}: "
+        "steady state | cold call measured | cold call as compile s + steady s"
+    )
     pairs = [(best, "b:exact"), (best, "b:padded")]
     pairs += [(k, ref) for k in local if k.startswith("c:") for ref in ("b:exact", best)]
     for a, b in pairs:
-        print(f"  {label(a):{width}s} / {label(b):{width}s} {steady[b] / steady[a]:5.2f}x | "
-              f"{paths[b]['first_s'] / paths[a]['first_s']:5.2f}x | {cold[b] / cold[a]:5.2f}x")
+        print(
+            f"  {label(a):{width}s} / {label(b):{width}s} {steady[b] / steady[a]:5.2f}x | "
+            f"{paths[b]['first_s'] / paths[a]['first_s']:5.2f}x | {cold[b] / cold[a]:5.2f}x"
+        )
     verdicts = [("one device", steady["b:exact"] / steady[best], cold["b:exact"] / cold[best])]
     for k in (k for k in paths if ":sharded" in k):  # measured interleaved with one device, in the child
         naive = f"b:exact:host{k.split(':sharded')[1]}"
         if naive in paths:
-            print(f"  {label(k):{width}s} / {label(naive):{width}s} {steady[naive] / steady[k]:5.2f}x | "
-                  f"{paths[naive]['first_s'] / paths[k]['first_s']:5.2f}x | {cold[naive] / cold[k]:5.2f}x")
-            verdicts.append((f"sharded over {k.split(':sharded')[1]} host devices",
-                             steady[naive] / steady[k], cold[naive] / cold[k]))
+            print(
+                f"  {label(k):{width}s} / {label(naive):{width}s} {steady[naive] / steady[k]:5.2f}x | "
+                f"{paths[naive]['first_s'] / paths[k]['first_s']:5.2f}x | {cold[naive] / cold[k]:5.2f}x"
+            )
+            verdicts.append(
+                (
+                    f"sharded over {k.split(':sharded')[1]} host devices",
+                    steady[naive] / steady[k],
+                    cold[naive] / cold[k],
+                )
+            )
         base = k.replace(":sharded", ":host") + "-unsharded"
         if base in paths:
-            print(f"  {label(k):{width}s} / {label(base):{width}s} {steady[base] / steady[k]:5.2f}x | "
-                  f"{paths[base]['first_s'] / paths[k]['first_s']:5.2f}x | {cold[base] / cold[k]:5.2f}x")
+            print(
+                f"  {label(k):{width}s} / {label(base):{width}s} {steady[base] / steady[k]:5.2f}x | "
+                f"{paths[base]['first_s'] / paths[k]['first_s']:5.2f}x | {cold[base] / cold[k]:5.2f}x"
+            )
         if base.split(":host")[0] in paths:
             base = base.split(":host")[0]
-            print(f"  {label(base):{width}s} / {label(k):{width}s} {steady[k] / steady[base]:5.2f}x | "
-                  f"{paths[k]['first_s'] / paths[base]['first_s']:5.2f}x | {cold[k] / cold[base]:5.2f}x  "
-                  "(different processes, not interleaved)")
+            print(
+                f"  {label(base):{width}s} / {label(k):{width}s} {steady[k] / steady[base]:5.2f}x | "
+                f"{paths[k]['first_s'] / paths[base]['first_s']:5.2f}x | {cold[k] / cold[base]:5.2f}x  "
+                "(different processes, not interleaved)"
+            )
     for where, steady_ratio, cold_ratio in verdicts:
-        print(f"target (a) >= 5x (b), {where}: {'met' if steady_ratio >= 5 else 'NOT met'} in steady state "
-              f"({steady_ratio:.2f}x), {'met' if cold_ratio >= 5 else 'NOT met'} for a cold call ({cold_ratio:.2f}x)")
+        print(
+            f"target (a) >= 5x (b), {where}: {'met' if steady_ratio >= 5 else 'NOT met'} in steady state "
+            f"({steady_ratio:.2f}x), {'met' if cold_ratio >= 5 else 'NOT met'} for a cold call ({cold_ratio:.2f}x)"
+        )
     print("\nlog-likelihood agreement with (b) naive exact length:")
     ref = paths["b:exact"]
     for name, e in paths.items():
@@ -311,15 +371,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=200, help="HellaSwag validation documents (4 requests each)")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per prompt (K)")
-    parser.add_argument("--preset", default="gpt2-mini",
-                        help=f"{', '.join(BENCH_PRESETS)} or any gptjax preset with the GPT-2 or byte vocabulary")
-    parser.add_argument("--batch-tokens", default="256,1024,8192",
-                        help="comma-separated BatchScorer batch_tokens values for path (a) (GptjaxLM's default "
-                             "is 1024)")
+    parser.add_argument(
+        "--preset",
+        default="gpt2-mini",
+        help=f"{', '.join(BENCH_PRESETS)} or any gptjax preset with the GPT-2 or byte vocabulary",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        default="256,1024,8192",
+        help="comma-separated BatchScorer batch_tokens values for path (a) (GptjaxLM's default is 1024)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="steady-state calls per path (the fastest counts)")
-    parser.add_argument("--host-devices", type=int, default=2,
-                        help="also run (a) with the first --batch-tokens value sharded over this many emulated "
-                             "CPU devices, in a child process (1 = skip)")
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=2,
+        help="also run (a) with the first --batch-tokens value sharded over this many emulated "
+        "CPU devices, in a child process (1 = skip)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="parameter initialisation seed")
     parser.add_argument("--out", help="also write the figures as JSON here")
     # Internal: the child process that measures the sharded path.
@@ -339,24 +408,47 @@ def main() -> None:
     report = measure(args)
     if args.host_devices > 1:
         with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            cmd = [sys.executable, __file__, "--docs", str(args.docs), "--shots", str(args.shots),
-                   "--preset", args.preset,
-                   "--batch-tokens", str(args.batch_tokens[0]), "--repeats", str(args.repeats),
-                   "--seed", str(args.seed), "--child-devices", str(args.host_devices),
-                   "--out", tmp.name]
-            print(f"  child process: XLA_FLAGS=--xla_force_host_platform_device_count={args.host_devices}",
-                  flush=True)
+            cmd = [
+                sys.executable,
+                __file__,
+                "--docs",
+                str(args.docs),
+                "--shots",
+                str(args.shots),
+                "--preset",
+                args.preset,
+                "--batch-tokens",
+                str(args.batch_tokens[0]),
+                "--repeats",
+                str(args.repeats),
+                "--seed",
+                str(args.seed),
+                "--child-devices",
+                str(args.host_devices),
+                "--out",
+                tmp.name,
+            ]
+            print(f"  child process: XLA_FLAGS=--xla_force_host_platform_device_count={args.host_devices}", flush=True)
             subprocess.run(cmd, check=True)
             with open(tmp.name) as f:
                 child = json.load(f)
-        report["paths"] |= {(f"{k}:host{args.host_devices}" if k.startswith("b:") else k): v
-                            for k, v in child["paths"].items()}
+        report["paths"] |= {
+            (f"{k}:host{args.host_devices}" if k.startswith("b:") else k): v for k, v in child["paths"].items()
+        }
     print_report(report)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({**report, "paths": {k: {kk: vv for kk, vv in v.items()
-                                               if kk not in ("loglikelihoods", "is_greedy")}
-                                           for k, v in report["paths"].items()}}, f, indent=1)
+            json.dump(
+                {
+                    **report,
+                    "paths": {
+                        k: {kk: vv for kk, vv in v.items() if kk not in ("loglikelihoods", "is_greedy")}
+                        for k, v in report["paths"].items()
+                    },
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 A train step of gptjax's GPT-2 form is, FLOP for FLOP, the matrix products `model.FLOPS_CONVENTION` counts
 (each projection's forward, input-gradient and weight-gradient product; attention's scores and weighted
-values, forward and backward, over the key blocks gptjax computes; the LM head), plus elementwise work. Timing every product alone, with
-the step's shapes and operand transposes, gives the time a backend's matmul kernels need per step however
-well everything else is fused. gptjax on XLA:CPU cannot step faster than XLA's products, so the torch
-reference's whole step divided by XLA's floor bounds the gptjax/torch ratio on this host.
+values, forward and backward, over the key blocks gptjax computes; the LM head), plus elementwise work. Timing
+every product alone, with the step's shapes and operand transposes, gives the time a backend's matmul kernels
+need per step however well everything else is fused. gptjax on XLA:CPU cannot step faster than XLA's products,
+so the torch reference's whole step divided by XLA's floor bounds the gptjax/torch ratio on this host.
 
 Data-parallel over N host devices, each device times its 1/N of the rows (tokens, or batch x heads); the
 weight-gradient all-reduce is left out, which only lowers the floor.
@@ -64,30 +64,43 @@ class Gemm:
 def step_gemms(cfg: ModelConfig, batch: int, seq_len: int) -> list[Gemm]:
     """The products of one training step (forward and backward) on batch x seq_len tokens, attention in the
     blocks gptjax computes (`model.attention_blocks`: with `attention_block` 0, all seq_len keys)."""
-    tokens, d, a, f, layers = batch * seq_len, cfg.d_model, cfg.d_attn, cfg.d_mlp, cfg.n_layer
+    tokens, d, a, f, layers = batch * seq_len, cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.n_layer
     gemms = []
-    for name, count, d_in, d_out in [("query/key/value", 3 * layers, d, a), ("out projection", layers, a, d),
-                                     ("mlp in", layers, d, f), ("mlp out", layers, f, d),
-                                     ("lm head", 1, d, cfg.vocab_size)]:
-        gemms += [Gemm(f"{name} forward", count, (tokens, d_in), (d_in, d_out), "nn", True),
-                  Gemm(f"{name} input grad", count, (tokens, d_out), (d_in, d_out), "nt", True),
-                  Gemm(f"{name} weight grad", count, (tokens, d_in), (tokens, d_out), "tn", False)]
-    blocks = Counter(block for i in range(layers)
-                     for block in model.attention_blocks(cfg, cfg.layer_kind(i), seq_len, band_in_slots=True))
+    for name, count, d_in, d_out in [
+        ("query/key/value", 3 * layers, d, a),
+        ("out projection", layers, a, d),
+        ("mlp in", layers, d, f),
+        ("mlp out", layers, f, d),
+        ("lm head", 1, d, cfg.vocab_size),
+    ]:
+        gemms += [
+            Gemm(f"{name} forward", count, (tokens, d_in), (d_in, d_out), "nn", True),
+            Gemm(f"{name} input grad", count, (tokens, d_out), (d_in, d_out), "nt", True),
+            Gemm(f"{name} weight grad", count, (tokens, d_in), (tokens, d_out), "tn", False),
+        ]
+    blocks = Counter(
+        block
+        for i in range(layers)
+        for block in model.attention_blocks(cfg, cfg.layer_kind(i), seq_len, band_in_slots=True)
+    )
     for (q_start, q_end, k_start), count in sorted(blocks.items()):
         rows, q_len, k_len = batch * cfg.n_head, q_end - q_start, q_end - k_start
-        queries, keys, scores = (rows, q_len, cfg.head_dim), (rows, k_len, cfg.head_dim), (rows, q_len, k_len)
-        for name, lhs, rhs, layout in [("scores q.k", queries, keys, "nt"), ("values p.v", scores, keys, "nn"),
-                                       ("grad p", queries, keys, "nt"), ("grad v", scores, queries, "tn"),
-                                       ("grad q", scores, keys, "nn"), ("grad k", scores, queries, "tn")]:
+        queries, keys, scores = (rows, q_len, cfg.d_head), (rows, k_len, cfg.d_head), (rows, q_len, k_len)
+        for name, lhs, rhs, layout in [
+            ("scores q.k", queries, keys, "nt"),
+            ("values p.v", scores, keys, "nn"),
+            ("grad p", queries, keys, "nt"),
+            ("grad v", scores, queries, "tn"),
+            ("grad q", scores, keys, "nn"),
+            ("grad k", scores, queries, "tn"),
+        ]:
             gemms.append(Gemm(f"attention {name} {q_len}x{k_len}", count, lhs, rhs, layout, False))
     return gemms
 
 
 def product(layout: str, transpose: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
     """The product `layout` names, for arrays whose last-two-axes transpose is `transpose`."""
-    return {"nn": lambda x, y: x @ y, "nt": lambda x, y: x @ transpose(y),
-            "tn": lambda x, y: transpose(x) @ y}[layout]
+    return {"nn": lambda x, y: x @ y, "nt": lambda x, y: x @ transpose(y), "tn": lambda x, y: transpose(x) @ y}[layout]
 
 
 def fastest(call: Callable[[], Any], repeats: int) -> float:
@@ -101,8 +114,9 @@ def fastest(call: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
-def _kernel_seconds(call: Callable[[Callable[[Any, Any], Any]], Any], op: Callable[[Any, Any], Any],
-                    repeats: int) -> float:
+def _kernel_seconds(
+    call: Callable[[Callable[[Any, Any], Any]], Any], op: Callable[[Any, Any], Any], repeats: int
+) -> float:
     """Fastest call of `op` less the fastest call of a near-empty op on the same operands: the kernel's
     time without the per-call dispatch, which a jitted step pays once rather than per product."""
     empty = lambda x, y: x[:1] + 0  # noqa: E731  one row: a copy-sized op with the same arguments
@@ -160,8 +174,10 @@ def main() -> None:
         times["torch"] = torch_seconds(gemm, args.repeats)
         for side, t in times.items():
             totals[side] += gemm.count * t
-        print(f"{gemm.name:34s} {gemm.count:5d} {gemm.flops / 1e9:7.3f} "
-              + " ".join(f"{t * 1e3:10.3f} ms" for t in times.values()))
+        print(
+            f"{gemm.name:34s} {gemm.count:5d} {gemm.flops / 1e9:7.3f} "
+            + " ".join(f"{t * 1e3:10.3f} ms" for t in times.values())
+        )
     print(f"{'per step':48s} " + " ".join(f"{t * 1e3:10.1f} ms" for t in totals.values()))
 
 

@@ -32,12 +32,15 @@ class BenchConfig:
 
 
 BENCH_CONFIGS: dict[str, BenchConfig] = {
-    "nano": BenchConfig(ModelConfig(name="bench-nano", vocab_size=65, n_ctx=64, n_layer=4, n_head=4,
-                                    d_model=128), batch_size=12),
+    "nano": BenchConfig(
+        ModelConfig(name="bench-nano", vocab_size=65, n_ctx=64, n_layer=4, n_head=4, d_model=128), batch_size=12
+    ),
     # attention_block only schedules gptjax's attention (skipping the masked future, as torch's SDPA does);
     # both sides compute the same model.
-    "small": BenchConfig(ModelConfig(name="bench-small", vocab_size=65, n_ctx=256, n_layer=6, n_head=6,
-                                     d_model=384, attention_block=64), batch_size=8),
+    "small": BenchConfig(
+        ModelConfig(name="bench-small", vocab_size=65, n_ctx=256, n_layer=6, n_head=6, d_model=384, attention_block=64),
+        batch_size=8,
+    ),
 }
 
 
@@ -56,21 +59,24 @@ def _check_supported(cfg: ModelConfig) -> None:
     }
     bad = [f"{name}={getattr(cfg, name.split('.')[1])!r}" for name, is_bad in unsupported.items() if is_bad]
     if bad:
-        raise ConfigError(f"the torch reference implements only the fp32 pre-norm, tied, dense, dropout-free "
-                          f"GPT-2 form; unsupported: {', '.join(bad)}")
+        raise ConfigError(
+            f"the torch reference implements only the fp32 pre-norm, tied, dense, dropout-free "
+            f"GPT-2 form; unsupported: {', '.join(bad)}"
+        )
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim, self.d_attn = cfg.n_head, cfg.head_dim, cfg.d_attn
+        self.n_head, self.head_dim, self.d_attn = cfg.n_head, cfg.d_head, cfg.d_attn
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_attn)  # query | key | value, each heads-major
         self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-                   for z in self.c_attn(x).split(self.d_attn, dim=-1))
+        q, k, v = (
+            z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in self.c_attn(x).split(self.d_attn, dim=-1)
+        )
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, self.d_attn))
 
@@ -78,8 +84,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model, cfg.d_mlp)
-        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -152,22 +158,30 @@ def gptjax_state_dict(params: Any, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         return torch.tensor(np.asarray(x, dtype=np.float32))
 
     d, a = cfg.d_model, cfg.d_attn
-    state = {"wte.weight": t(params["wte"]), "wpe.weight": t(params["wpe"]),
-             "ln_f.weight": t(params["ln_f"]["scale"]), "ln_f.bias": t(params["ln_f"]["bias"])}
+    state = {
+        "wte.weight": t(params["wte"]),
+        "wpe.weight": t(params["wpe"]),
+        "ln_f.weight": t(params["ln_f"]["scale"]),
+        "ln_f.bias": t(params["ln_f"]["bias"]),
+    }
     for i in range(cfg.n_layer):
         p, pre = params[f"h_{i}"], f"h.{i}."
         attn, mlp = p["attn"], p["mlp"]
         qkv = ("query", "key", "value")
         state |= {
-            pre + "ln_1.weight": t(p["ln_1"]["scale"]), pre + "ln_1.bias": t(p["ln_1"]["bias"]),
-            pre + "ln_2.weight": t(p["ln_2"]["scale"]), pre + "ln_2.bias": t(p["ln_2"]["bias"]),
+            pre + "ln_1.weight": t(p["ln_1"]["scale"]),
+            pre + "ln_1.bias": t(p["ln_1"]["bias"]),
+            pre + "ln_2.weight": t(p["ln_2"]["scale"]),
+            pre + "ln_2.bias": t(p["ln_2"]["bias"]),
             # [d, heads, head_dim] kernels -> torch's [out, in] with heads-major output features
-            pre + "attn.c_attn.weight": t(np.concatenate(
-                [np.asarray(attn[f"{n}_kernel"]).reshape(d, a) for n in qkv], axis=1).T),
+            pre + "attn.c_attn.weight": t(
+                np.concatenate([np.asarray(attn[f"{n}_kernel"]).reshape(d, a) for n in qkv], axis=1).T
+            ),
             pre + "attn.c_attn.bias": t(np.concatenate([np.asarray(attn[f"{n}_bias"]).reshape(a) for n in qkv])),
             pre + "attn.c_proj.weight": t(np.asarray(attn["out_kernel"]).reshape(a, d).T),
             pre + "attn.c_proj.bias": t(attn["out_bias"]),
-            pre + "mlp.c_fc.weight": t(np.asarray(mlp["fc_kernel"]).T), pre + "mlp.c_fc.bias": t(mlp["fc_bias"]),
+            pre + "mlp.c_fc.weight": t(np.asarray(mlp["fc_kernel"]).T),
+            pre + "mlp.c_fc.bias": t(mlp["fc_bias"]),
             pre + "mlp.c_proj.weight": t(np.asarray(mlp["proj_kernel"]).T),
             pre + "mlp.c_proj.bias": t(mlp["proj_bias"]),
         }
@@ -220,14 +234,12 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int) -> Op
         {"params": [p for n, p in named if _decayed(n, p, optim)], "weight_decay": optim.weight_decay},
         {"params": [p for n, p in named if not _decayed(n, p, optim)], "weight_decay": 0.0},
     ]
-    adamw = torch.optim.AdamW(groups, lr=optim.learning_rate, betas=(optim.b1, optim.b2), eps=optim.eps,
-                              foreach=True)
+    adamw = torch.optim.AdamW(groups, lr=optim.learning_rate, betas=(optim.b1, optim.b2), eps=optim.eps, foreach=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(adamw, lambda step: lr_factor(step, optim, total_steps))
     return Optimizer(adamw, schedule, [p for _, p in named], optim.grad_clip)
 
 
-def train_steps(model: nn.Module, opt: Optimizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                ) -> list[float]:
+def train_steps(model: nn.Module, opt: Optimizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """One update per (inputs, targets) int64 [batch, length] pair; returns the mean token losses."""
     model.train()
     losses = []
@@ -241,15 +253,15 @@ def train_steps(model: nn.Module, opt: Optimizer, batches: Iterable[tuple[torch.
     return losses
 
 
-def random_batches(vocab_size: int, n: int, batch: int, seq_len: int, seed: int = 0
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def random_batches(
+    vocab_size: int, n: int, batch: int, seq_len: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`n` (inputs, next-token targets) pairs of uniformly random tokens: throughput needs no real text."""
     data = torch.randint(vocab_size, (n, batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
     return [(rows[:, :-1], rows[:, 1:]) for rows in data]
 
 
-def measure_tokens_per_s(cfg: ModelConfig, batch: int, seq_len: int, steps: int, warmup: int,
-                         seed: int = 0) -> float:
+def measure_tokens_per_s(cfg: ModelConfig, batch: int, seq_len: int, steps: int, warmup: int, seed: int = 0) -> float:
     """Training tokens/s of the full step (forward, backward, clip, AdamW) after `warmup` untimed steps."""
     torch.manual_seed(seed)
     model = build(cfg)
@@ -263,8 +275,9 @@ def measure_tokens_per_s(cfg: ModelConfig, batch: int, seq_len: int, steps: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", choices=sorted(BENCH_CONFIGS), action="append",
-                        help="benchmark config (repeatable; default: all)")
+    parser.add_argument(
+        "--bench", choices=sorted(BENCH_CONFIGS), action="append", help="benchmark config (repeatable; default: all)"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
@@ -274,8 +287,10 @@ def main() -> None:
     for name in args.bench or sorted(BENCH_CONFIGS):
         bench = BENCH_CONFIGS[name]
         tps = measure_tokens_per_s(bench.model, bench.batch_size, bench.model.n_ctx, args.steps, args.warmup)
-        print(f"{name}: {tps:,.0f} tokens/s (torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"batch {bench.batch_size} x {bench.model.n_ctx}, {args.steps} timed steps)")
+        print(
+            f"{name}: {tps:,.0f} tokens/s (torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"batch {bench.batch_size} x {bench.model.n_ctx}, {args.steps} timed steps)"
+        )
 
 
 if __name__ == "__main__":

@@ -6,24 +6,24 @@
 
 Modules: registry (task definitions, eval/tasks/*.yaml), data (JSONL and corpora), templates (prompt
 rendering), fewshot (example sampling), task (prompts and requests per document), requests (tokenisation),
-lm (the model protocol), scoring (batched jitted scorer), gptjax_lm (the gptjax model), metrics, runner.
-`GptjaxLM` is imported lazily so that task inspection does not load JAX.
+lm (the model protocol), scoring (batched jitted scorer), gptjax_lm (the gptjax model), metrics, runner,
+hook (the few-shot hook training runs take).
 """
 
-from typing import Any
-
+from eval.gptjax_lm import GptjaxLM
 from eval.lm import LanguageModel, ModelInfo, TokenizedLM
 from eval.registry import TaskError, TaskSpec, get_spec, list_tasks
 from eval.runner import evaluate, write_results
 
-
-def __getattr__(name: str) -> Any:
-    if name == "GptjaxLM":
-        from eval.gptjax_lm import GptjaxLM
-
-        return GptjaxLM
-    raise AttributeError(f"module 'eval' has no attribute {name!r}")
-
-
-__all__ = ["GptjaxLM", "LanguageModel", "ModelInfo", "TaskError", "TaskSpec", "TokenizedLM", "evaluate",
-           "get_spec", "list_tasks", "write_results"]
+__all__ = [
+    "GptjaxLM",
+    "LanguageModel",
+    "ModelInfo",
+    "TaskError",
+    "TaskSpec",
+    "TokenizedLM",
+    "evaluate",
+    "get_spec",
+    "list_tasks",
+    "write_results",
+]

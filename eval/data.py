@@ -11,13 +11,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gptjax.errors import GptjaxError
 from gptjax.paths import data_dir
-
 
 DOCUMENT_SPLITTERS = ("whole_file", "wikitext_pages")
 
 
-class DataError(ValueError):
+class DataError(GptjaxError, ValueError):
     """A data file is missing or malformed; the message names the file (and line)."""
 
 
@@ -31,8 +31,10 @@ def default_corpus_dir() -> Path:
 
 def _require_file(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path} does not exist (data root {data_dir()}; set GPTJAX_DATA_DIR or pass the "
-                        "benchmark/corpus directory to change it)")
+        raise DataError(
+            f"{path} does not exist (data root {data_dir()}; set GPTJAX_DATA_DIR or pass the "
+            "benchmark/corpus directory to change it)"
+        )
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -88,16 +90,33 @@ def wikitext_detokenize(string: str) -> str:
     `wikitext_detokenizer` (tasks/wikitext/preprocess_wikitext.py)."""
     string = string.replace("s '", "s'")
     string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
-    for before, after in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "),
-                          (" . ", ". "), (" ! ", "! "), (" ? ", "? "), (" , ", ", ")):
+    for before, after in (
+        (" @-@ ", "-"),
+        (" @,@ ", ","),
+        (" @.@ ", "."),
+        (" : ", ": "),
+        (" ; ", "; "),
+        (" . ", ". "),
+        (" ! ", "! "),
+        (" ? ", "? "),
+        (" , ", ", "),
+    ):
         string = string.replace(before, after)
     string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
     string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
     string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
     string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
     string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
-    for before, after in (("= = = =", "===="), ("= = =", "==="), ("= =", "=="), (" " + chr(176) + " ", chr(176)),
-                          (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s")):
+    for before, after in (
+        ("= = = =", "===="),
+        ("= = =", "==="),
+        ("= =", "=="),
+        (" " + chr(176) + " ", chr(176)),
+        (" \n", "\n"),
+        ("\n ", "\n"),
+        (" N ", " 1 "),
+        (" 's", "'s"),
+    ):
         string = string.replace(before, after)
     return string
 

@@ -47,8 +47,10 @@ class LmEvalSampler:
                 raise ValueError(f"{n} few-shot examples requested but the pool has only {len(self.docs)}")
             return self.rnd.sample(population, n)
         if n + 1 > len(self.docs):
-            raise ValueError(f"{n} few-shot examples requested but the pool has only {len(self.docs)} documents "
-                             "(one more is needed to exclude the scored document)")
+            raise ValueError(
+                f"{n} few-shot examples requested but the pool has only {len(self.docs)} documents "
+                "(one more is needed to exclude the scored document)"
+            )
         picked = [i for i in self.rnd.sample(population, n + 1) if self.docs[i] != eval_doc][:n]
         if len(picked) < n:  # the pool holds copies of eval_doc: resample from the rest, as lm-eval does
             pool = [i for i in population if self.docs[i] != eval_doc]
@@ -67,8 +69,13 @@ def answer_text(target: int | str | list, choices: list[str] | None) -> str:
     return target
 
 
-def qa_turn(question: str, target: int | str | list | None, choices: list[str] | None, target_delimiter: str,
-            fewshot_delimiter: str) -> str:
+def qa_turn(
+    question: str,
+    target: int | str | list | None,
+    choices: list[str] | None,
+    target_delimiter: str,
+    fewshot_delimiter: str,
+) -> str:
     """One solved example as text, lm-eval's `build_qa_turn`: an empty target adds no delimiters."""
     if target is None or target == "":
         return question

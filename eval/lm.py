@@ -13,8 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from eval.requests import (GenerationRequest, LoglikelihoodResult, Tokenizer, Tokens, encode_request, model_input,
-                           rolling_requests, split_request, truncate_generation)
+from eval.requests import (
+    GenerationRequest,
+    LoglikelihoodResult,
+    Tokenizer,
+    Tokens,
+    encode_request,
+    model_input,
+    rolling_requests,
+    split_request,
+    truncate_generation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,9 @@ class TokenizedLM(abc.ABC):
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS) -> None:
         if max_gen_toks >= max_length:
-            raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for a prompt in the model window "
-                             f"max_length={max_length}")
+            raise ValueError(
+                f"max_gen_toks={max_gen_toks} leaves no room for a prompt in the model window max_length={max_length}"
+            )
         self.tokenizer = tokenizer
         self.tokenizer_name = tokenizer.name
         self.max_length = max_length
@@ -75,8 +85,12 @@ class TokenizedLM(abc.ABC):
         pieces = [split_request(*encode_request(self.tokenizer, ctx, cont), self.max_length) for ctx, cont in requests]
         truncated = [any(model_input(c, k, self.max_length)[1] for c, k in p) for p in pieces]
         if any(truncated):
-            log.warning("%d of %d requests exceed the %d-token window and lose context tokens on the left",
-                        sum(truncated), len(truncated), self.max_length)
+            log.warning(
+                "%d of %d requests exceed the %d-token window and lose context tokens on the left",
+                sum(truncated),
+                len(truncated),
+                self.max_length,
+            )
         scores = iter(self.score([piece for p in pieces for piece in p]))
         results = []
         for p, t in zip(pieces, truncated):
@@ -96,12 +110,17 @@ class TokenizedLM(abc.ABC):
             groups.setdefault((r.max_gen_toks or self.max_gen_toks, r.until), []).append(i)
         for (max_new, until), rows in groups.items():
             if max_new >= self.max_length:
-                raise ValueError(f"max_gen_toks={max_new} leaves no room for a prompt in the model window "
-                                 f"max_length={self.max_length}")
+                raise ValueError(
+                    f"max_gen_toks={max_new} leaves no room for a prompt in the model window "
+                    f"max_length={self.max_length}"
+                )
             stops = list(until) + ([EOS_TEXT] if EOS_TEXT not in until else [])
             # lm-eval keeps the last max_length - max_gen_toks context tokens; an empty prompt gets the EOS.
-            prompts = [list(self.tokenizer.encode(requests[i].context))[-(self.max_length - max_new):]
-                       or [self.tokenizer.eos_id] for i in rows]
+            prompts = [
+                list(self.tokenizer.encode(requests[i].context))[-(self.max_length - max_new) :]
+                or [self.tokenizer.eos_id]
+                for i in rows
+            ]
             for i, ids in zip(rows, self.generate(prompts, max_new, stops)):
                 out[i] = truncate_generation(self.tokenizer.decode(ids), stops)
         return out

@@ -22,7 +22,6 @@ request and the sharded scorer splits the batches.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,27 +29,13 @@ from typing import Any
 import lm_eval.models  # noqa: F401  (lm-eval's own backends register lazily only while its registry is empty)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
 
+from eval.gptjax_lm import GptjaxLM
 from eval.lm import LanguageModel
 from eval.requests import GenerationRequest
 
 MODEL_NAME = "gptjax"
-
-
-def _normalize_gen_kwargs(gen_kwargs: dict[str, Any], default_max_gen_toks: int) -> dict[str, Any]:
-    """lm-eval's `normalize_gen_kwargs` (max-token aliases, do_sample/temperature), with a fallback for
-    lm-eval versions that lack it."""
-    try:
-        from lm_eval.models.utils import normalize_gen_kwargs
-    except ImportError:  # lm-eval < 0.4.9
-        kwargs = copy.deepcopy(gen_kwargs)
-        until = kwargs.get("until", [])
-        kwargs["until"] = until if isinstance(until, list) else [until]
-        kwargs["max_gen_toks"] = int(kwargs.pop("max_gen_toks", None) or kwargs.pop("max_new_tokens", None)
-                                     or default_max_gen_toks)
-        kwargs.setdefault("do_sample", float(kwargs.get("temperature", 0.0)) > 0.0)
-        return kwargs
-    return dict(normalize_gen_kwargs(gen_kwargs, default_max_gen_toks))
 
 
 @register_model(MODEL_NAME)
@@ -63,25 +48,34 @@ class GptjaxLMEval(LM):
     `mesh`, ...) go to `GptjaxLM`.
     """
 
-    def __init__(self, lm: LanguageModel | None = None, *, run_dir: str | Path | None = None,
-                 hf_dir: str | Path | None = None, step: int | None = None, tokenizer: str = "gpt2",
-                 batch_size: int | str | None = None, max_batch_size: int | None = None,
-                 device: str | None = None, **lm_kwargs: Any) -> None:
+    def __init__(
+        self,
+        lm: LanguageModel | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        hf_dir: str | Path | None = None,
+        step: int | None = None,
+        tokenizer: str = "gpt2",
+        batch_size: int | str | None = None,
+        max_batch_size: int | None = None,
+        device: str | None = None,
+        **lm_kwargs: Any,
+    ) -> None:
         super().__init__()
         del batch_size, max_batch_size, device  # lm-eval passes them to every backend; see the module doc
         sources = [name for name, value in (("lm", lm), ("run_dir", run_dir), ("hf_dir", hf_dir)) if value is not None]
         if len(sources) != 1:
             raise ValueError(f"GptjaxLMEval needs exactly one of lm, run_dir, hf_dir; got {sources or 'none'}")
         if lm is None:
-            from eval.gptjax_lm import GptjaxLM
-
             if run_dir is not None:
                 lm = GptjaxLM.from_run(run_dir, step=step, **lm_kwargs)
             else:
                 lm = GptjaxLM.from_hf(hf_dir, tokenizer=tokenizer, **lm_kwargs)
         elif lm_kwargs or step is not None:
-            raise ValueError(f"arguments {sorted(lm_kwargs) + (['step'] if step is not None else [])} only apply "
-                             "when the model is loaded from run_dir or hf_dir")
+            raise ValueError(
+                f"arguments {sorted(lm_kwargs) + (['step'] if step is not None else [])} only apply "
+                "when the model is loaded from run_dir or hf_dir"
+            )
         self.lm = lm
 
     @classmethod
@@ -113,9 +107,13 @@ class GptjaxLMEval(LM):
     def get_model_info(self) -> dict[str, Any]:
         """Recorded in lm-eval's results under config.model_info (where supported)."""
         info = self.lm.info
-        return {"model_name": info.name, "model_num_parameters": info.params,
-                "model_non_embedding_parameters": info.non_embedding_params, "model_checkpoint": info.checkpoint,
-                "model_step": info.step}
+        return {
+            "model_name": info.name,
+            "model_num_parameters": info.params,
+            "model_non_embedding_parameters": info.non_embedding_params,
+            "model_checkpoint": info.checkpoint,
+            "model_step": info.step,
+        }
 
     # ----------------------------------------------------------------------------------------------------
     # Requests.
@@ -138,10 +136,12 @@ class GptjaxLMEval(LM):
         converted = []
         for r in requests:
             context, gen_kwargs = r.args
-            kwargs = _normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks)
+            kwargs = dict(normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks))
             if kwargs.get("do_sample"):
-                raise ValueError(f"gptjax generates greedily only; the request asks for sampling with {gen_kwargs} "
-                                 "(set do_sample: false / temperature: 0 in the task's generation_kwargs)")
+                raise ValueError(
+                    f"gptjax generates greedily only; the request asks for sampling with {gen_kwargs} "
+                    "(set do_sample: false / temperature: 0 in the task's generation_kwargs)"
+                )
             until = tuple(s for s in kwargs.get("until") or [] if isinstance(s, str))
             converted.append(GenerationRequest(context, until, kwargs["max_gen_toks"]))
         results = self.lm.generate_until(converted)

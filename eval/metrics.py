@@ -6,6 +6,11 @@ task's case/punctuation options and is 1 if any reference matches; perplexities 
 mean negative log-likelihood. Means get the standard error sample_std / sqrt(n); perplexities and bits per
 byte get lm-eval's bootstrap (resampling documents, `random.Random(i)` for chunk i), which lm-eval only
 applies to `perplexity` but which we also apply to the corpus metrics.
+
+Every metric is declared once, as a `Metric` (how it aggregates, and how a report reads it: its direction
+and whether it is a fraction), like lm-eval's per-metric `aggregation` and `higher_is_better`. Other modules
+add theirs with `register_metric`; `metric_info` is the one lookup, and answers for names it does not know
+too (results files from elsewhere), with the fallback documented there.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -63,35 +70,67 @@ def bootstrap_stderr(f: Callable[[list[Any]], float], xs: Sequence[Any], iters: 
     return sample_stddev(stats)
 
 
-AGGREGATIONS: dict[str, tuple[Callable[[list[Any]], float], bool]] = {
-    # metric: (aggregation, bootstrapped stderr?)
-    "acc": (mean, False),
-    "acc_norm": (mean, False),
-    "acc_calibrated": (mean, False),
-    "exact_match": (mean, False),
-    "f1": (mean, False),
-    "perplexity": (perplexity, True),
-    "word_perplexity": (weighted_perplexity, True),
-    "byte_perplexity": (weighted_perplexity, True),
-    "bits_per_byte": (bits_per_byte, True),
+@dataclass(frozen=True)
+class Metric:
+    """How a metric's per-document items aggregate, and how reports read its value."""
+
+    name: str
+    aggregate: Callable[[list[Any]], float]
+    bootstrap: bool  # stderr by lm-eval's bootstrap of `aggregate`; else the standard error of the mean
+    higher_is_better: bool
+    percentage: bool  # a fraction in [0, 1], shown as a percentage
+
+
+# The built-in metrics, in the order reports list them; `register_metric` adds more.
+_REGISTERED: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("acc", mean, bootstrap=False, higher_is_better=True, percentage=True),
+        Metric("acc_norm", mean, bootstrap=False, higher_is_better=True, percentage=True),
+        Metric("acc_calibrated", mean, bootstrap=False, higher_is_better=True, percentage=True),
+        Metric("exact_match", mean, bootstrap=False, higher_is_better=True, percentage=True),
+        Metric("f1", mean, bootstrap=False, higher_is_better=True, percentage=True),
+        Metric("word_perplexity", weighted_perplexity, bootstrap=True, higher_is_better=False, percentage=False),
+        Metric("perplexity", perplexity, bootstrap=True, higher_is_better=False, percentage=False),
+        Metric("byte_perplexity", weighted_perplexity, bootstrap=True, higher_is_better=False, percentage=False),
+        Metric("bits_per_byte", bits_per_byte, bootstrap=True, higher_is_better=False, percentage=False),
+    )
 }
+METRICS_BY_NAME: Mapping[str, Metric] = MappingProxyType(_REGISTERED)  # a read-only view of the registry
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Declare a metric (once: a second, different declaration of a name is an error). Returns it."""
+    known = _REGISTERED.setdefault(metric.name, metric)
+    if known != metric:
+        raise ValueError(f"metric {metric.name!r} is already registered as {known}; not redeclaring it as {metric}")
+    return metric
+
+
+def metric_info(name: str) -> Metric:
+    """The registered metric `name`. A name nobody registered (a results file from another harness) is read
+    as a mean whose higher values are better, shown as is (not as a percentage)."""
+    return _REGISTERED.get(name) or Metric(name, mean, bootstrap=False, higher_is_better=True, percentage=False)
 
 
 def aggregate(metric: str, items: Sequence[Any], bootstrap_iters: int) -> tuple[float, float | None]:
-    """(value, standard error) of a metric over its per-document items."""
+    """(value, standard error) of a registered metric over its per-document items."""
+    if metric not in _REGISTERED:
+        raise ValueError(f"unknown metric {metric!r}; registered: {', '.join(_REGISTERED)}")
     if not items:
         raise ValueError(f"no documents to aggregate {metric} over")
-    f, bootstrap = AGGREGATIONS[metric]
-    stderr = bootstrap_stderr(f, list(items), bootstrap_iters) if bootstrap else mean_stderr(items)
-    return f(list(items)), stderr
+    declared, xs = _REGISTERED[metric], list(items)
+    stderr = bootstrap_stderr(declared.aggregate, xs, bootstrap_iters) if declared.bootstrap else mean_stderr(xs)
+    return declared.aggregate(xs), stderr
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-document scores.
 
 
-def multiple_choice(logprobs: Sequence[float], choices: Sequence[str], gold: int,
-                    calibration: Sequence[float] | None = None) -> dict[str, Any]:
+def multiple_choice(
+    logprobs: Sequence[float], choices: Sequence[str], gold: int, calibration: Sequence[float] | None = None
+) -> dict[str, Any]:
     """Predictions and 0/1 scores of one multiple-choice document.
 
     acc_calibrated is GPT-3's score for ARC and OpenBookQA (Brown et al. 2020, section 2.4):
@@ -100,17 +139,27 @@ def multiple_choice(logprobs: Sequence[float], choices: Sequence[str], gold: int
     lls = np.asarray(logprobs, np.float64)
     lengths = np.array([float(len(c)) for c in choices])
     pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
-    out: dict[str, Any] = {"pred": pred, "pred_norm": pred_norm, "acc": float(pred == gold),
-                           "acc_norm": float(pred_norm == gold)}
+    out: dict[str, Any] = {
+        "pred": pred,
+        "pred_norm": pred_norm,
+        "acc": float(pred == gold),
+        "acc_norm": float(pred_norm == gold),
+    }
     if calibration is not None:
         pred_calibrated = int(np.argmax(lls - np.asarray(calibration, np.float64)))
         out |= {"pred_calibrated": pred_calibrated, "acc_calibrated": float(pred_calibrated == gold)}
     return out
 
 
-def exact_match(prediction: str, references: Sequence[str], *, ignore_case: bool = False,
-                ignore_punctuation: bool = False, ignore_numbers: bool = False,
-                regexes_to_ignore: Sequence[str] = ()) -> float:
+def exact_match(
+    prediction: str,
+    references: Sequence[str],
+    *,
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_numbers: bool = False,
+    regexes_to_ignore: Sequence[str] = (),
+) -> float:
     """1.0 if the prediction equals any reference after lm-eval's `exact_match` normalisation."""
 
     def normalise(s: str) -> str:

@@ -16,21 +16,27 @@ from typing import Any
 import yaml
 
 from eval.data import DETOKENIZERS, DOCUMENT_SPLITTERS
+from eval.metrics import METRICS_BY_NAME
+from gptjax.errors import GptjaxError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "tasks"
 
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "generate_until", "loglikelihood_rolling")
+# The metrics a task of each output type may ask for: names of eval.metrics' table, checked here on import.
 METRICS = {
     "multiple_choice": ("acc", "acc_norm", "acc_calibrated"),
     "loglikelihood": ("acc", "perplexity"),
     "generate_until": ("exact_match", "f1"),
     "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
 }
+_UNDECLARED = sorted({name for names in METRICS.values() for name in names} - METRICS_BY_NAME.keys())
+if _UNDECLARED:
+    raise ImportError(f"eval.registry.METRICS allows metrics eval.metrics does not declare: {_UNDECLARED}")
 GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature")
 EXACT_MATCH_KEYS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore")
 
 
-class TaskError(ValueError):
+class TaskError(GptjaxError, ValueError):
     """A task definition is invalid or names something that does not exist; the message says which."""
 
 
@@ -77,8 +83,9 @@ class TaskSpec:
         valid = METRICS[self.output_type]
         bad = [m for m in self.metrics if m not in valid]
         if bad or not self.metrics:
-            raise TaskError(f"{where}: metrics {bad or '[]'} are not valid for {self.output_type}; "
-                            f"choose from {list(valid)}")
+            raise TaskError(
+                f"{where}: metrics {bad or '[]'} are not valid for {self.output_type}; choose from {list(valid)}"
+            )
         if self.output_type == "loglikelihood_rolling":
             self._check_corpus(where)
             return
@@ -188,6 +195,7 @@ def get_spec(ref: str | Path | TaskSpec) -> TaskSpec:
         return load_spec_file(ref)
     specs = builtin_specs()
     if ref not in specs:
-        raise TaskError(f"unknown task {ref!r}; valid tasks: {', '.join(sorted(specs))} "
-                        "(or pass the path of a task YAML)")
+        raise TaskError(
+            f"unknown task {ref!r}; valid tasks: {', '.join(sorted(specs))} (or pass the path of a task YAML)"
+        )
     return specs[str(ref)]

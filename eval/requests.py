@@ -53,7 +53,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
         context = context[:-n_spaces]
     whole = list(tokenizer.encode(context + continuation))
     context_ids = list(tokenizer.encode(context))
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[Tokens, Tokens]:
@@ -71,26 +71,30 @@ def model_input(context: Sequence[int], continuation: Sequence[int], max_length:
     """The model's input row, `(context + continuation)[-(max_length + 1):][:-1]`, and whether tokens were
     dropped on the left; the last `len(continuation)` logits score the continuation."""
     if not context or not continuation:
-        raise ValueError(f"a request needs a non-empty context and continuation, got {len(context)} context "
-                         f"and {len(continuation)} continuation tokens")
+        raise ValueError(
+            f"a request needs a non-empty context and continuation, got {len(context)} context "
+            f"and {len(continuation)} continuation tokens"
+        )
     if len(continuation) > max_length:
         raise ValueError(f"continuation of {len(continuation)} tokens exceeds the model window {max_length}")
     whole = list(context) + list(continuation)
-    return whole[-(max_length + 1):][:-1], len(whole) > max_length + 1
+    return whole[-(max_length + 1) :][:-1], len(whole) > max_length + 1
 
 
-def split_request(context: Sequence[int], continuation: Sequence[int],
-                  max_length: int) -> list[tuple[Tokens, Tokens]]:
+def split_request(context: Sequence[int], continuation: Sequence[int], max_length: int) -> list[tuple[Tokens, Tokens]]:
     """A request as requests whose continuations fit the window: chunks of `max_length` continuation
     tokens, each conditioned on everything before it (then left-truncated by `model_input`). lm-eval
     refuses continuations longer than the window; a single chunk is the request unchanged."""
     context, continuation = list(context), list(continuation)
-    return [(context + continuation[:start], continuation[start:start + max_length])
-            for start in range(0, len(continuation), max_length)]
+    return [
+        (context + continuation[:start], continuation[start : start + max_length])
+        for start in range(0, len(continuation), max_length)
+    ]
 
 
-def rolling_windows(tokens: Sequence[int], prefix_token: int, max_seq_len: int,
-                    context_len: int = 1) -> Iterator[tuple[Tokens, Tokens]]:
+def rolling_windows(
+    tokens: Sequence[int], prefix_token: int, max_seq_len: int, context_len: int = 1
+) -> Iterator[tuple[Tokens, Tokens]]:
     """lm-eval's `get_rolling_token_windows`: (input, predicted) windows covering every token once; the
     first window is conditioned on `prefix_token`, later ones on the tokens before them."""
     if not 1 <= context_len <= max_seq_len:
@@ -100,12 +104,12 @@ def rolling_windows(tokens: Sequence[int], prefix_token: int, max_seq_len: int,
         return
     pred_len = max_seq_len - context_len + 1
     first = min(max_seq_len, len(tokens))
-    yield [prefix_token] + tokens[:first - 1], tokens[:first]
+    yield [prefix_token] + tokens[: first - 1], tokens[:first]
     predicted = first
     while predicted < len(tokens):
         window_pred_len = min(len(tokens) - predicted, pred_len)
         end = predicted + window_pred_len
-        yield tokens[end - max_seq_len - 1:end - 1], tokens[end - window_pred_len:end]
+        yield tokens[end - max_seq_len - 1 : end - 1], tokens[end - window_pred_len : end]
         predicted += window_pred_len
 
 
@@ -113,7 +117,7 @@ def disjoint_window(window: tuple[Tokens, Tokens]) -> tuple[Tokens, Tokens]:
     """lm-eval's `make_disjoint_window`: drop the input tokens that are also predicted, leaving a
     (context, continuation) request."""
     inputs, predicted = window
-    return inputs[:len(inputs) - (len(predicted) - 1)], predicted
+    return inputs[: len(inputs) - (len(predicted) - 1)], predicted
 
 
 def rolling_requests(tokenizer: Tokenizer, text: str, max_length: int) -> list[tuple[Tokens, Tokens]]:

@@ -7,8 +7,8 @@ with positions continuing from the prefix, so every branch sees exactly the inpu
 give it. Trees are packed into rows of a few power-of-two lengths (segment ids keep them apart), rows into
 batches of a fixed number of rows, and only the scored positions go through the LM head (in one of a few
 scored widths, over slices of the vocabulary): XLA compiles a handful of programs however many requests
-there are. Given a mesh, each batch is sharded over its batch axes and the parameters are replicated (or
-placed with the shardings given).
+there are. Given a mesh, each batch is sharded over the mesh axes the rules table maps the logical `batch`
+axis to (gptjax.sharding), and the parameters are replicated (or placed with the shardings given).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from eval.requests import Tokens, model_input
+from gptjax import sharding
 from gptjax.model import project_to_vocab
 
 
@@ -41,7 +42,6 @@ class Rows(NamedTuple):
 # (params, rows) -> the final features [batch, length, d_model] of the rows; logits are
 # gptjax.model.project_to_vocab of them and the output embedding.
 FeaturesFn = Callable[[Any, Rows], jax.Array]
-BATCH_AXIS_NAMES = ("data", "fsdp")  # the trainer mesh's batch axes (gptjax.config.DEFAULT_RULES)
 GREEDY_RTOL = 1e-5  # a target logit this close to the maximum (relative) counts as greedy; see _score_positions
 
 
@@ -103,8 +103,7 @@ class _Tree:
         return self.length - len(self.prefix) + 1
 
     def fits(self, branch: _Branch, max_length: int) -> bool:
-        return (self.length + len(branch.tokens) <= max_length
-                and self.scored + len(branch.targets) <= max_length)
+        return self.length + len(branch.tokens) <= max_length and self.scored + len(branch.targets) <= max_length
 
     def add(self, branch: _Branch) -> None:
         self.branches.append(branch)
@@ -142,8 +141,15 @@ def build_trees(requests: Sequence[tuple[Tokens, Tokens]], max_length: int) -> l
     return [tree for group in trees.values() for tree in group]
 
 
-def _score_positions(features_fn: FeaturesFn, params: Any, head: LMHead, rows: Rows, positions: jax.Array,
-                     slot_of: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _score_positions(
+    features_fn: FeaturesFn,
+    params: Any,
+    head: LMHead,
+    rows: Rows,
+    positions: jax.Array,
+    slot_of: jax.Array,
+    targets: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
     """Per scored target ([groups, entries]; `slot_of` indexes `positions`, [groups, width] flat slots into
     each group's rows, see `BatchScorer._launch`): log P(target) and whether its logit is the maximum.
 
@@ -169,8 +175,9 @@ def _score_positions(features_fn: FeaturesFn, params: Any, head: LMHead, rows: R
     log_normalizer = best + jnp.log(jnp.sum(jnp.stack(exp_sums) * jnp.exp(maxes - best), axis=0))
     best, log_normalizer = (jnp.take_along_axis(x, slot_of, axis=1) for x in (best, log_normalizer))
     features = jnp.take_along_axis(features, slot_of[..., None], axis=1)
-    target = jnp.einsum("...d,...d->...", features, head.embedding[targets].astype(features.dtype),
-                        preferred_element_type=jnp.float32)
+    target = jnp.einsum(
+        "...d,...d->...", features, head.embedding[targets].astype(features.dtype), preferred_element_type=jnp.float32
+    )
     return target - log_normalizer, target >= best - GREEDY_RTOL * jnp.maximum(1.0, jnp.abs(best))
 
 
@@ -190,10 +197,22 @@ class BatchScorer:
     `vocab_slice` rows (slicing inside the jitted scorer would copy the whole matrix at every batch).
     """
 
-    def __init__(self, features_fn: FeaturesFn, params: Any, output_embedding: jax.Array, max_length: int, *,
-                 batch_tokens: int = 1024, min_bucket: int = 16, pack_length: int = 256, vocab_slice: int = 8192,
-                 mesh: Mesh | None = None, batch_axes: Sequence[str] | None = None,
-                 param_shardings: Any = None) -> None:
+    def __init__(
+        self,
+        features_fn: FeaturesFn,
+        params: Any,
+        output_embedding: jax.Array,
+        max_length: int,
+        *,
+        batch_tokens: int = 1024,
+        min_bucket: int = 16,
+        pack_length: int = 256,
+        vocab_slice: int = 8192,
+        mesh: Mesh | None = None,
+        batch_axes: Sequence[str] | None = None,
+        rules: sharding.Rules = sharding.DEFAULT_RULES,
+        param_shardings: Any = None,
+    ) -> None:
         for name, value in (("batch_tokens", batch_tokens), ("pack_length", pack_length), ("vocab_slice", vocab_slice)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be positive")
@@ -207,10 +226,19 @@ class BatchScorer:
         out_shardings = None
         if mesh is not None:
             if AxisType.Explicit in mesh.axis_types:
-                raise ValueError(f"mesh axes {mesh.axis_names} have types {mesh.axis_types}; the model needs "
-                                 "AxisType.Auto axes, as gptjax.sharding.make_mesh creates them")
-            axes = tuple(batch_axes) if batch_axes is not None else (
-                tuple(a for a in BATCH_AXIS_NAMES if a in mesh.axis_names) or tuple(mesh.axis_names))
+                raise ValueError(
+                    f"mesh axes {mesh.axis_names} have types {mesh.axis_types}; the model needs "
+                    "AxisType.Auto axes, as gptjax.sharding.make_mesh creates them"
+                )
+            axes = (
+                tuple(batch_axes)
+                if batch_axes is not None
+                else (
+                    sharding.batch_axes(mesh, rules)
+                    if set(mesh.axis_names) & set(sharding.MESH_AXES)
+                    else tuple(mesh.axis_names)
+                )
+            )  # a mesh of other axes than gptjax's: the batch over all of them
             unknown = [a for a in axes if a not in mesh.axis_names]
             if unknown:
                 raise ValueError(f"batch axes {unknown} are not in the mesh axes {mesh.axis_names}")
@@ -246,7 +274,7 @@ class BatchScorer:
         for length, rows in self._pack(trees).items():
             n_rows = self.rows_per_batch(length)
             for start in range(0, len(rows), n_rows):
-                launched.append(self._launch(rows[start:start + n_rows], n_rows, length))
+                launched.append(self._launch(rows[start : start + n_rows], n_rows, length))
         logprobs, greedy = np.zeros(len(unique)), np.ones(len(unique), bool)
         for owner, (logprob, is_greedy) in launched:
             scored = owner >= 0
@@ -280,8 +308,9 @@ class BatchScorer:
         """
         groups = self._data_parallel
         group_rows = n_rows // groups
-        members = [[tree for row in rows[g * group_rows:(g + 1) * group_rows] for tree in row.trees]
-                   for g in range(groups)]
+        members = [
+            [tree for row in rows[g * group_rows : (g + 1) * group_rows] for tree in row.trees] for g in range(groups)
+        ]
         cap = group_rows * length
         width = scored_width(max(sum(t.positions for t in trees) for trees in members), cap)
         entries = scored_width(max(sum(t.scored for t in trees) for trees in members), cap)
@@ -309,13 +338,14 @@ class BatchScorer:
                     arrays.segment_ids[r, slot:end] = segment
                     arrays.branch_ids[r, slot:end] = branch_id
                     a, e, n = n_at[g], n_entries[g], len(branch.targets)
-                    at[g, a:a + n - 1] = base + np.arange(slot, end)
-                    slot_of[g, e:e + n] = [last_prefix, *range(a, a + n - 1)]
-                    targets[g, e:e + n] = branch.targets
-                    owner[g, e:e + n] = branch.request
+                    at[g, a : a + n - 1] = base + np.arange(slot, end)
+                    slot_of[g, e : e + n] = [last_prefix, *range(a, a + n - 1)]
+                    targets[g, e : e + n] = branch.targets
+                    owner[g, e : e + n] = branch.request
                     slot, n_at[g], n_entries[g] = end, a + n - 1, e + n
-        outputs = self._score(self.params, self.head, Rows(*map(self._place, arrays)),
-                              *map(self._place, (at, slot_of, targets)))
+        outputs = self._score(
+            self.params, self.head, Rows(*map(self._place, arrays)), *map(self._place, (at, slot_of, targets))
+        )
         self.stats.rows += n_rows
         self.stats.batches += 1
         self.stats.positions += n_rows * length

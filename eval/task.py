@@ -32,8 +32,13 @@ class Instance:
 
 
 class Task:
-    def __init__(self, spec: TaskSpec | str | Path, benchmark_dir: str | Path | None = None,
-                 corpus_dir: str | Path | None = None, description: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec | str | Path,
+        benchmark_dir: str | Path | None = None,
+        corpus_dir: str | Path | None = None,
+        description: str | None = None,
+    ) -> None:
         self.spec = get_spec(spec)
         self.name = self.spec.task
         self.benchmark_dir = Path(benchmark_dir) if benchmark_dir is not None else default_benchmark_dir()
@@ -75,15 +80,19 @@ class Task:
         spec = self.spec
         if spec.fewshot_split is not None:
             if not self.split_path(spec.fewshot_split).is_file():
-                raise TaskError(f"task {self.name}: fewshot_split {spec.fewshot_split!r} has no data at "
-                                f"{self.split_path(spec.fewshot_split)}")
+                raise TaskError(
+                    f"task {self.name}: fewshot_split {spec.fewshot_split!r} has no data at "
+                    f"{self.split_path(spec.fewshot_split)}"
+                )
             return spec.fewshot_split
         declared = [s for s in (spec.training_split, spec.validation_split, spec.test_split) if s]
         for split in declared:
             if self.split_path(split).is_file():
                 return split
-        raise TaskError(f"task {self.name}: no few-shot split has data; looked for {declared} at "
-                        f"{[str(self.split_path(s)) for s in declared]}")
+        raise TaskError(
+            f"task {self.name}: no few-shot split has data; looked for {declared} at "
+            f"{[str(self.split_path(s)) for s in declared]}"
+        )
 
     @property
     def fewshot_fallback(self) -> bool:
@@ -116,8 +125,9 @@ class Task:
         return self._render("doc_to_text", templates.doc_to_text, doc, self.spec.doc_to_text, doc, self.has_choices)
 
     def doc_to_target(self, doc: Doc) -> int | str | list:
-        return self._render("doc_to_target", templates.doc_to_target, doc, self.spec.doc_to_target, doc,
-                            self.has_choices)
+        return self._render(
+            "doc_to_target", templates.doc_to_target, doc, self.spec.doc_to_target, doc, self.has_choices
+        )
 
     def doc_to_choice(self, doc: Doc) -> list[str]:
         return self._render("doc_to_choice", templates.doc_to_choice, doc, self.spec.doc_to_choice, doc)
@@ -129,8 +139,10 @@ class Task:
         if isinstance(gold, str):
             gold = choices.index(gold) if gold in choices else -1
         if not isinstance(gold, int) or not 0 <= gold < len(choices):
-            raise TaskError(f"task {self.name}: gold answer {gold!r} is not an index into the {len(choices)} "
-                            f"choices of document {str(doc)[:300]}")
+            raise TaskError(
+                f"task {self.name}: gold answer {gold!r} is not an index into the {len(choices)} "
+                f"choices of document {str(doc)[:300]}"
+            )
         return gold
 
     def _description(self, doc: Doc) -> str:
@@ -147,8 +159,10 @@ class Task:
         if spec.multiple_input:  # the question is the gold choice's context; the target is shared
             question, choices = choices[question], None
         if not isinstance(question, str):
-            raise TaskError(f"task {self.name}: doc_to_text gave {question!r}, expected text "
-                            "(an index is only valid with multiple_input: true)")
+            raise TaskError(
+                f"task {self.name}: doc_to_text gave {question!r}, expected text "
+                "(an index is only valid with multiple_input: true)"
+            )
         return qa_turn(question, target, choices, spec.target_delimiter, spec.fewshot_delimiter)
 
     def contexts(self, doc: Doc, examples: Sequence[Doc]) -> list[str]:
@@ -158,8 +172,10 @@ class Task:
             return [prefix + c for c in self.doc_to_choice(doc)]
         question = self.doc_to_text(doc)
         if not isinstance(question, str):
-            raise TaskError(f"task {self.name}: doc_to_text gave {question!r}, expected text "
-                            "(an index is only valid with multiple_input: true)")
+            raise TaskError(
+                f"task {self.name}: doc_to_text gave {question!r}, expected text "
+                "(an index is only valid with multiple_input: true)"
+            )
         return [prefix + question]
 
     # ----------------------------------------------------------------------------------------------------
@@ -180,12 +196,17 @@ class Task:
             target = self.doc_to_target(doc)
             return Instance(**common, requests=[(contexts[0], str(target))])
         if spec.output_type == "generate_until":
-            return Instance(**common, generation=GenerationRequest(
-                contexts[0], tuple(spec.until), spec.generation_kwargs.get("max_gen_toks")))
+            return Instance(
+                **common,
+                generation=GenerationRequest(
+                    contexts[0], tuple(spec.until), spec.generation_kwargs.get("max_gen_toks")
+                ),
+            )
         choices = self.doc_to_choice(doc)
         if spec.multiple_input:
             continuation = delimiter + str(self.doc_to_target(doc))
             return Instance(**common, requests=[(c, continuation) for c in contexts])
-        calibration = ([(spec.calibration_context, delimiter + c) for c in choices]
-                       if spec.calibration_context is not None else [])
+        calibration = (
+            [(spec.calibration_context, delimiter + c) for c in choices] if spec.calibration_context is not None else []
+        )
         return Instance(**common, requests=[(contexts[0], delimiter + c) for c in choices], calibration=calibration)

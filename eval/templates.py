@@ -16,8 +16,10 @@ from typing import Any
 
 import jinja2
 
+from gptjax.errors import GptjaxError
 
-class TemplateError(ValueError):
+
+class TemplateError(GptjaxError, ValueError):
     """A template failed on a document; the message names the template and the cause."""
 
 

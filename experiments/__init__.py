@@ -5,10 +5,10 @@
 | `sweep.py` | sweep TOML files: base config + axes (presets, steps or tokens, seeds) -> points |
 | `runner.py` | `run_sweep`: train the points in turn, skip finished ones, record failures |
 | `registry.py` | `registry.jsonl`, one record per finished point, rebuilt from the run directories |
-| `fits.py` | Kaplan power laws, L = E + A/N^alpha, Chinchilla's L(N, D); bootstrap uncertainties |
+| `fits.py` | `SCALING_LAWS`, the table of laws; Kaplan power laws, E + A/N^α, Chinchilla's L(N, D); bootstrap errors |
 | `analysis.py` | which points each law is fitted to; learning curves |
-| `plots.py` | the report's matplotlib plots |
-| `report.py` | `build_sweep_report`: report.md and a self-contained report.html |
+| `plots.py` | the report's matplotlib plots, in gptjax.reporting's style |
+| `report.py` | `build_sweep_report`: report.md and a self-contained report.html, from gptjax.reporting's blocks |
 | `cli.py` | `gptjax sweep` |
 | `sweeps/` | embedded sweep files (`tiny_ladder.toml` is the default) |
 

@@ -1,4 +1,4 @@
-"""Which numbers of a sweep each scaling law is fitted to, and the fits.
+"""Which numbers of a sweep each scaling law of `experiments.fits.SCALING_LAWS` is fitted to, and the fits.
 
 - L(N), with and without an irreducible term: final held-out loss against non-embedding parameters (Kaplan
   et al.'s N), over the runs with the largest token count, so that every size had the same data.
@@ -20,10 +20,7 @@ import numpy as np
 
 from experiments import fits
 from experiments.registry import read_run
-
-# Each law and its form, as the report shows them.
-LAWS = {"L(N)": "(N_c / N)^α", "L(N) with E": "E + A / N^α", "L(C)": "(C_c / C)^α",
-        "L(N, D)": "E + A / N^α + B / D^β"}
+from gptjax.reporting import pm
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,18 @@ def load_curves(sweep_dir: Path, records: Sequence[dict[str, Any]]) -> list[Curv
 class LawFit:
     """A law, the points it was fitted to (indices into the registry records), and the fit or why none."""
 
-    law: str
+    law: fits.ScalingLaw
     data: str  # the points, in words
     points: tuple[int, ...]
     fit: fits.Fit | None
     error: str | None
+
+    def describe(self, params: Sequence[str] | None = None) -> str:
+        """The fitted parameters (all, or those named) as "α = 0.34 ± 0.02, E = 1.7 ± 0.1", or why none."""
+        if self.fit is None:
+            return f"not fitted: {self.error}"
+        names = list(self.fit.params) if params is None else params
+        return ", ".join(f"{self.law.symbol(p)} = {pm(self.fit.params[p], self.fit.stderr[p])}" for p in names)
 
 
 def _largest_tokens(records: Sequence[dict[str, Any]]) -> tuple[int, ...]:
@@ -71,8 +75,8 @@ def compute_frontier_points(records: Sequence[dict[str, Any]]) -> tuple[int, ...
 
 
 def fit_laws(records: Sequence[dict[str, Any]], *, n_boot: int = 200, seed: int = 0) -> dict[str, LawFit]:
-    """Every law of LAWS on the sweep's registry records (at least one); a law the data cannot determine
-    carries the FitError message instead of a fit."""
+    """Every law of SCALING_LAWS, by name, on the sweep's registry records (at least one); a law the data
+    cannot determine carries the FitError message instead of a fit."""
     if not records:
         raise fits.FitError("no finished runs to fit scaling laws to")
     top = _largest_tokens(records)
@@ -85,20 +89,30 @@ def fit_laws(records: Sequence[dict[str, Any]], *, n_boot: int = 200, seed: int 
     top_data = f"final held-out loss of the {len(top)} run(s) trained on {tokens:,} tokens (the most)"
     plans = {
         "L(N)": (top_data, top, lambda i: fits.fit_power_law(n[i], loss[i], n_boot=n_boot, seed=seed)),
-        "L(N) with E": (top_data, top, lambda i: fits.fit_saturating_power_law(n[i], loss[i], n_boot=n_boot,
-                                                                               seed=seed)),
-        "L(C)": (f"final held-out loss of the {len(frontier)} run(s) on the compute-efficient frontier", frontier,
-                 lambda i: fits.fit_power_law(flops[i], loss[i], n_boot=n_boot, seed=seed)),
-        "L(N, D)": (f"final held-out loss of all {len(records)} run(s)", tuple(range(len(records))),
-                    lambda i: fits.fit_chinchilla(n[i], d[i], loss[i], n_boot=n_boot, seed=seed)),
+        "L(N) with E": (
+            top_data,
+            top,
+            lambda i: fits.fit_saturating_power_law(n[i], loss[i], n_boot=n_boot, seed=seed),
+        ),
+        "L(C)": (
+            f"final held-out loss of the {len(frontier)} run(s) on the compute-efficient frontier",
+            frontier,
+            lambda i: fits.fit_power_law(flops[i], loss[i], n_boot=n_boot, seed=seed),
+        ),
+        "L(N, D)": (
+            f"final held-out loss of all {len(records)} run(s)",
+            tuple(range(len(records))),
+            lambda i: fits.fit_chinchilla(n[i], d[i], loss[i], n_boot=n_boot, seed=seed),
+        ),
     }
     results = {}
-    for law, (data, points, fit) in plans.items():
+    for name, law in fits.SCALING_LAWS.items():
+        data, points, fit = plans[name]
         try:
-            results[law] = LawFit(law, data, points, fit(list(points)), None)
+            results[name] = LawFit(law, data, points, fit(list(points)), None)
         except fits.FitError as err:
-            results[law] = LawFit(law, data, points, None, str(err))
+            results[name] = LawFit(law, data, points, None, str(err))
     return results
 
 
-__all__ = ["LAWS", "Curve", "LawFit", "compute_frontier_points", "fit_laws", "load_curves"]
+__all__ = ["Curve", "LawFit", "compute_frontier_points", "fit_laws", "load_curves"]

@@ -1,7 +1,7 @@
 """`gptjax sweep`: run a sweep file (default: the embedded tiny_ladder) and report on it, or only report.
 
-    gptjax sweep [SWEEP_FILE] [--out DIR]      # train what is not done yet, fit, plot, report
-    gptjax sweep --report-only DIR             # refit and redraw the report of an existing sweep directory
+gptjax sweep [SWEEP_FILE] [--out DIR]      # train what is not done yet, fit, plot, report
+gptjax sweep --report-only DIR             # refit and redraw the report of an existing sweep directory
 """
 
 from __future__ import annotations
@@ -10,37 +10,42 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.report import build_sweep_report
+from experiments.runner import SweepIncomplete, run_sweep
+from experiments.sweep import embedded_sweeps
+
 DEFAULT_SWEEP = "tiny_ladder"
 
 
 def sweep_command(argv: list[str]) -> int:
     """Exit status 0 when every point is done, 1 when some failed or a SIGTERM stopped the sweep (the
     failed points are named on stderr). A bad sweep file raises SweepFileError, and a missing file
-    FileNotFoundError, for gptjax's CLI to print as one line."""
-    from experiments.sweep import embedded_sweeps
-
+    InputNotFoundError, for gptjax's CLI to print as one line."""
     parser = argparse.ArgumentParser(
-        prog="gptjax sweep", description="Train a model-size x tokens sweep (skipping finished points, resuming "
-                                         "interrupted ones), fit scaling laws and write a Markdown + HTML report.")
-    parser.add_argument("sweep_file", nargs="?", default=DEFAULT_SWEEP, metavar="SWEEP_FILE",
-                        help=f"a sweep TOML file or an embedded sweep ({', '.join(embedded_sweeps())}; "
-                             f"default {DEFAULT_SWEEP})")
+        prog="gptjax sweep",
+        description="Train a model-size x tokens sweep (skipping finished points, resuming "
+        "interrupted ones), fit scaling laws and write a Markdown + HTML report.",
+    )
+    parser.add_argument(
+        "sweep_file",
+        nargs="?",
+        default=DEFAULT_SWEEP,
+        metavar="SWEEP_FILE",
+        help=f"a sweep TOML file or an embedded sweep ({', '.join(embedded_sweeps())}; default {DEFAULT_SWEEP})",
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="sweep directory (default runs/sweeps/<name>)")
-    parser.add_argument("--report-only", type=Path, metavar="DIR",
-                        help="only rebuild the registry and report of this sweep directory")
+    parser.add_argument(
+        "--report-only", type=Path, metavar="DIR", help="only rebuild the registry and report of this sweep directory"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no per-step progress bars")
     args = parser.parse_args(argv)
 
     if args.report_only is not None:
         if args.out is not None or args.sweep_file != DEFAULT_SWEEP:
             parser.error("--report-only DIR takes no SWEEP_FILE or --out")
-        from experiments.report import build_sweep_report
-
         written = build_sweep_report(args.report_only)
         print(f"wrote {written['report.md']} and {written['report.html']}")
         return 0
-
-    from experiments.runner import SweepIncomplete, run_sweep
 
     try:
         result = run_sweep(args.sweep_file, args.out, progress=not args.no_progress)

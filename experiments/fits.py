@@ -14,6 +14,9 @@ sqrt(n / (n - p)) for the p fitted parameters) are refitted, and `stderr` is the
 refitted parameters. With the handful of runs of a sweep, resampling whole runs (the pairs bootstrap) would
 often draw fewer distinct model sizes than the law has parameters; resampling residuals never does.
 A law needs at least one more point than it has parameters, so there is a residual to resample.
+
+`SCALING_LAWS` names the laws a sweep is analysed with (L(N), L(C), ...), each one of these forms written in
+the sweep's variables; it is the one table the analysis, plots and report read them from.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from typing import Literal
 import numpy as np
 from scipy import optimize
 
+from gptjax.errors import GptjaxError
+
 Law = Literal["power_law", "saturating_power_law", "chinchilla"]
 
+# Each form as a formula; the one-variable forms are written in {x}, which a scaling law names (N, C, ...).
 FORMULAS: dict[Law, str] = {
-    "power_law": "L(x) = (x_c / x)^alpha",
-    "saturating_power_law": "L(x) = E + A / x^alpha",
-    "chinchilla": "L(N, D) = E + A / N^alpha + B / D^beta",
+    "power_law": "L({x}) = ({x}_c / {x})^α",
+    "saturating_power_law": "L({x}) = E + A / {x}^α",
+    "chinchilla": "L(N, D) = E + A / N^α + B / D^β",
 }
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta, on residuals of log L
 # Hoffmann et al.'s initialisation grid, over (e, a, alpha) and, for L(N, D), also (b, beta).
@@ -40,8 +46,36 @@ _GRID_LOG_COEF = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 _GRID_EXPONENT = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-class FitError(ValueError):
+class FitError(GptjaxError, ValueError):
     """The data cannot determine the law (too few points, non-positive values, mismatched lengths)."""
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    """A form fitted to named quantities of a sweep, under the name the analysis, plots and report use."""
+
+    name: str  # e.g. "L(N) with E"
+    form: Law
+    variables: str  # x of a one-variable form (N non-embedding parameters, C training FLOPs), or "N, D"
+
+    @property
+    def formula(self) -> str:
+        return FORMULAS[self.form].format(x=self.variables)
+
+    def symbol(self, param: str) -> str:
+        """How a fitted parameter is written: Greek exponents, and x_c named after the law's variable."""
+        return {"alpha": "α", "beta": "β", "x_c": f"{self.variables}_c"}.get(param, param)
+
+
+SCALING_LAWS: dict[str, ScalingLaw] = {
+    law.name: law
+    for law in (
+        ScalingLaw("L(N)", "power_law", "N"),
+        ScalingLaw("L(N) with E", "saturating_power_law", "N"),
+        ScalingLaw("L(C)", "power_law", "C"),
+        ScalingLaw("L(N, D)", "chinchilla", "N, D"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -80,16 +114,25 @@ def _columns(*columns: Sequence[float], names: Sequence[str]) -> list[np.ndarray
 
 
 def _require(n: int, n_params: int, law: Law, distinct: dict[str, int] | None = None) -> None:
+    formula = FORMULAS[law].format(x="x")
     if n < n_params + 1:
-        raise FitError(f"{FORMULAS[law]} needs at least {n_params + 1} points, got {n}: one more than its "
-                       f"{n_params} parameters, so a residual is left to estimate the uncertainty from")
+        raise FitError(
+            f"{formula} needs at least {n_params + 1} points, got {n}: one more than its "
+            f"{n_params} parameters, so a residual is left to estimate the uncertainty from"
+        )
     for name, count in (distinct or {}).items():
         if count < 2:
-            raise FitError(f"{FORMULAS[law]} needs at least 2 distinct values of {name}; got {count}")
+            raise FitError(f"{formula} needs at least 2 distinct values of {name}; got {count}")
 
 
-def _bootstrap(fit_log: Callable[[np.ndarray], dict[str, float]], log_fitted: np.ndarray, residuals: np.ndarray,
-               n_params: int, n_boot: int, seed: int) -> list[dict[str, float]]:
+def _bootstrap(
+    fit_log: Callable[[np.ndarray], dict[str, float]],
+    log_fitted: np.ndarray,
+    residuals: np.ndarray,
+    n_params: int,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, float]]:
     """Refit on log-losses `log_fitted + resampled residuals`; refits that raise are dropped."""
     rng = np.random.default_rng(seed)
     n = len(residuals)
@@ -134,8 +177,9 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], *, n_boot: int = 10
     log_fitted = np.polyval(np.polyfit(log_x, log_loss, 1), log_x)
     residuals = log_loss - log_fitted
     refits = _bootstrap(lambda y: _power_law_params(log_x, y), log_fitted, residuals, 2, n_boot, seed)
-    return Fit("power_law", params, _stderr(refits, params), len(x_arr), len(refits),
-               float(np.sqrt(np.mean(residuals**2))))
+    return Fit(
+        "power_law", params, _stderr(refits, params), len(x_arr), len(refits), float(np.sqrt(np.mean(residuals**2)))
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,8 +193,9 @@ def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return value, np.where(small, r, delta * np.sign(r))
 
 
-def _lse_objective(theta: np.ndarray, log_xs: np.ndarray, log_loss: np.ndarray,
-                   delta: float) -> tuple[float, np.ndarray]:
+def _lse_objective(
+    theta: np.ndarray, log_xs: np.ndarray, log_loss: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
     """Sum of Huber losses and its gradient; theta = (e, a_1, alpha_1, a_2, alpha_2, ...), log_xs (k, n)."""
     k = log_xs.shape[0]
     a, alpha = theta[1::2], theta[2::2]
@@ -171,16 +216,14 @@ def _lse_objective(theta: np.ndarray, log_xs: np.ndarray, log_loss: np.ndarray,
 
 def _lse_grid(k: int) -> np.ndarray:
     """Hoffmann et al.'s grid of initial (e, a_1, alpha_1, ...) for k power-law terms."""
-    return np.array([(e, *rest) for e in _GRID_E
-                     for rest in itertools.product(*[_GRID_LOG_COEF, _GRID_EXPONENT] * k)])
+    return np.array([(e, *rest) for e in _GRID_E for rest in itertools.product(*[_GRID_LOG_COEF, _GRID_EXPONENT] * k)])
 
 
 def _lse_fit(log_xs: np.ndarray, log_loss: np.ndarray, starts: np.ndarray, delta: float) -> np.ndarray:
     """The best of BFGS runs from each start; FitError if none converges to a finite optimum."""
     best: tuple[float, np.ndarray] | None = None
     for start in starts:
-        result = optimize.minimize(_lse_objective, start, args=(log_xs, log_loss, delta), jac=True,
-                                   method="BFGS")
+        result = optimize.minimize(_lse_objective, start, args=(log_xs, log_loss, delta), jac=True, method="BFGS")
         if np.isfinite(result.fun) and np.all(np.isfinite(result.x)) and (best is None or result.fun < best[0]):
             best = (result.fun, result.x)
     if best is None:
@@ -196,8 +239,16 @@ def _lse_params(theta: np.ndarray, names: Sequence[tuple[str, str]]) -> dict[str
     return params
 
 
-def _fit_lse(law: Law, log_xs: np.ndarray, log_loss: np.ndarray, names: Sequence[tuple[str, str]],
-             max_starts: int, n_boot: int, seed: int, delta: float) -> Fit:
+def _fit_lse(
+    law: Law,
+    log_xs: np.ndarray,
+    log_loss: np.ndarray,
+    names: Sequence[tuple[str, str]],
+    max_starts: int,
+    n_boot: int,
+    seed: int,
+    delta: float,
+) -> Fit:
     """Fit from the `max_starts` grid points with the lowest objective (all of them if max_starts <= 0);
     bootstrap refits start from the full-data optimum, which is what keeps them cheap."""
     grid = _lse_grid(len(names))
@@ -209,23 +260,46 @@ def _fit_lse(law: Law, log_xs: np.ndarray, log_loss: np.ndarray, names: Sequence
     terms = np.vstack([np.full(log_xs.shape[1], theta[0]), theta[1::2, None] - theta[2::2, None] * log_xs])
     log_fitted = np.logaddexp.reduce(terms, axis=0)
     residuals = log_loss - log_fitted
-    refits = _bootstrap(lambda y: _lse_params(_lse_fit(log_xs, y, theta[None], delta), names), log_fitted,
-                        residuals, len(theta), n_boot, seed)
-    return Fit(law, params, _stderr(refits, params), log_xs.shape[1], len(refits),
-               float(np.sqrt(np.mean(residuals**2))))
+    refits = _bootstrap(
+        lambda y: _lse_params(_lse_fit(log_xs, y, theta[None], delta), names),
+        log_fitted,
+        residuals,
+        len(theta),
+        n_boot,
+        seed,
+    )
+    return Fit(
+        law, params, _stderr(refits, params), log_xs.shape[1], len(refits), float(np.sqrt(np.mean(residuals**2)))
+    )
 
 
-def fit_saturating_power_law(x: Sequence[float], loss: Sequence[float], *, max_starts: int = 32,
-                             n_boot: int = 200, seed: int = 0, delta: float = HUBER_DELTA) -> Fit:
+def fit_saturating_power_law(
+    x: Sequence[float],
+    loss: Sequence[float],
+    *,
+    max_starts: int = 32,
+    n_boot: int = 200,
+    seed: int = 0,
+    delta: float = HUBER_DELTA,
+) -> Fit:
     """L(x) = E + A / x^alpha with Hoffmann et al.'s objective and initialisation grid (see module doc)."""
     x_arr, loss_arr = _columns(x, loss, names=("x", "loss"))
     _require(len(x_arr), 3, "saturating_power_law", {"x": len(np.unique(x_arr))})
-    return _fit_lse("saturating_power_law", np.log(x_arr)[None], np.log(loss_arr), [("A", "alpha")],
-                    max_starts, n_boot, seed, delta)
+    return _fit_lse(
+        "saturating_power_law", np.log(x_arr)[None], np.log(loss_arr), [("A", "alpha")], max_starts, n_boot, seed, delta
+    )
 
 
-def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float], *, max_starts: int = 64,
-                   n_boot: int = 200, seed: int = 0, delta: float = HUBER_DELTA) -> Fit:
+def fit_chinchilla(
+    n: Sequence[float],
+    d: Sequence[float],
+    loss: Sequence[float],
+    *,
+    max_starts: int = 64,
+    n_boot: int = 200,
+    seed: int = 0,
+    delta: float = HUBER_DELTA,
+) -> Fit:
     """L(N, D) = E + A / N^alpha + B / D^beta as Hoffmann et al. fit it (see module doc).
 
     The full grid has 4500 initialisations; BFGS starts from the `max_starts` with the lowest objective
@@ -233,23 +307,41 @@ def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
     """
     n_arr, d_arr, loss_arr = _columns(n, d, loss, names=("N", "D", "loss"))
     _require(len(n_arr), 5, "chinchilla", {"N": len(np.unique(n_arr)), "D": len(np.unique(d_arr))})
-    return _fit_lse("chinchilla", np.log(np.vstack([n_arr, d_arr])), np.log(loss_arr),
-                    [("A", "alpha"), ("B", "beta")], max_starts, n_boot, seed, delta)
+    return _fit_lse(
+        "chinchilla",
+        np.log(np.vstack([n_arr, d_arr])),
+        np.log(loss_arr),
+        [("A", "alpha"), ("B", "beta")],
+        max_starts,
+        n_boot,
+        seed,
+        delta,
+    )
 
 
 def compute_frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarray:
     """Indices of the points no other point beats with less or equal compute, by increasing compute
     (Kaplan et al.'s compute-efficient frontier)."""
-    c, l = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
-    if c.shape != l.shape:
-        raise FitError(f"compute and loss differ in length: {c.size} vs {l.size}")
+    c, losses = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    if c.shape != losses.shape:
+        raise FitError(f"compute and loss differ in length: {c.size} vs {losses.size}")
     frontier, best = [], np.inf
-    for i in np.lexsort((l, c)):  # by compute, ties by loss
-        if l[i] < best:
+    for i in np.lexsort((losses, c)):  # by compute, ties by loss
+        if losses[i] < best:
             frontier.append(i)
-            best = l[i]
+            best = losses[i]
     return np.array(frontier, dtype=int)
 
 
-__all__ = ["FORMULAS", "HUBER_DELTA", "Fit", "FitError", "compute_frontier", "fit_chinchilla", "fit_power_law",
-           "fit_saturating_power_law"]
+__all__ = [
+    "FORMULAS",
+    "HUBER_DELTA",
+    "SCALING_LAWS",
+    "Fit",
+    "FitError",
+    "ScalingLaw",
+    "compute_frontier",
+    "fit_chinchilla",
+    "fit_power_law",
+    "fit_saturating_power_law",
+]

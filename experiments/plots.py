@@ -1,7 +1,7 @@
-"""The sweep report's plots (matplotlib's object API on Agg canvases; no pyplot state).
+"""The sweep report's plots, drawn in gptjax.reporting's style and written as PNG (embedded in the HTML
+report) and SVG.
 
-One colour per model size throughout, so a size looks the same in every plot. Each plot is written as PNG
-(embedded in the HTML report) and SVG.
+One colour per model size throughout, so a size looks the same in every plot.
 """
 
 from __future__ import annotations
@@ -10,56 +10,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 from experiments.analysis import Curve, LawFit
-from experiments.fits import Fit
+from gptjax.reporting import human, new_axes, plot_style, save_figure, sequential_colours
 
-_STYLE = {
-    "font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold", "axes.labelsize": 10,
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.25, "legend.fontsize": 8.5, "savefig.dpi": 150,
-    "svg.hashsalt": "gptjax-sweep",  # stable SVG ids: the same sweep gives byte-identical plots
-}
+_HEIGHT = 4.4  # inches; a little taller than gptjax.reporting's default, for the legends inside the axes
 _FIT_COLOUR = "#d62728"
 _SECOND_FIT_COLOUR = "#555555"
 
 
-def human(n: float) -> str:
-    """25472 -> 25.5k, 6.3e11 -> 630G."""
-    for divisor, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= divisor:
-            return f"{n / divisor:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def pm(value: float, stderr: float) -> str:
-    """value ± stderr with the decimals the error supports; 3 significant digits when there is no error,
-    when it exceeds the value, or for very large or small numbers."""
-    if not np.isfinite(stderr) or stderr <= 0:
-        return f"{value:.3g}"
-    if stderr >= abs(value) or not 1e-6 <= stderr < 1e5 or abs(value) >= 1e5:
-        return f"{value:.3g} ± {stderr:.2g}"
-    digits = max(0, 1 - int(np.floor(np.log10(stderr))))
-    return f"{value:.{digits}f} ± {stderr:.{digits}f}"
-
-
 def size_colours(records: Sequence[dict[str, Any]]) -> dict[int, Any]:
-    sizes = sorted({r["non_embedding_params"] for r in records})
-    cmap = matplotlib.colormaps["viridis"]
-    return {size: cmap(x) for size, x in zip(sizes, np.linspace(0.0, 0.85, len(sizes)))}
-
-
-def _figure() -> tuple[Figure, Axes]:
-    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    """One colour per non-embedding parameter count, smallest first."""
+    return sequential_colours(sorted({r["non_embedding_params"] for r in records}))
 
 
 def _loglog(ax: Axes, x_ticks: Sequence[float] | None = None) -> None:
@@ -79,19 +45,13 @@ def _loglog(ax: Axes, x_ticks: Sequence[float] | None = None) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _save(fig: Figure, stem: Path) -> Path:
-    png = stem.with_name(stem.name + ".png")
-    fig.savefig(png, metadata={"Software": None})
-    fig.savefig(stem.with_name(stem.name + ".svg"), metadata={"Date": None})
-    return png
-
-
 def _span(values: Sequence[float], pad: float = 1.4) -> np.ndarray:
     return np.geomspace(min(values) / pad, max(values) * pad, 200)
 
 
-def _exponent_label(fit: Fit, law: str, symbol: str) -> str:
-    return f"{law}: {symbol} = {pm(fit.params['alpha'], fit.stderr['alpha'])}"
+def _fit_label(law: LawFit, params: Sequence[str]) -> str:
+    """The law's name and the given fitted parameters, e.g. "L(N, D): α = 0.34 ± 0.02, β = 0.28 ± 0.03"."""
+    return f"{law.law.name}: {law.describe(params)}"
 
 
 _MARKERS = "os^Dv<>p"
@@ -106,81 +66,106 @@ def _budget_styles(records: Sequence[dict[str, Any]], styles: Sequence[str]) -> 
 
 def _size_handles(records: Sequence[dict[str, Any]], **style: Any) -> list[Line2D]:
     by_size = {r["non_embedding_params"]: r["preset"] for r in records}
-    return [Line2D([], [], color=colour, label=f"{by_size[size]} ({human(size)})", **style)
-            for size, colour in size_colours(records).items()]
+    return [
+        Line2D([], [], color=colour, label=f"{by_size[size]} ({human(size)})", **style)
+        for size, colour in size_colours(records).items()
+    ]
 
 
 def _budget_handles(styles: Mapping[int, str], key: str, **style: Any) -> list[Line2D]:
     """Neutral legend entries for the token budgets (only when there are several)."""
     if len(styles) < 2:
         return []
-    return [Line2D([], [], color="#777777", label=f"{human(tokens)} tokens", **{key: s}, **style)
-            for tokens, s in sorted(styles.items())]
+    return [
+        Line2D([], [], color="#777777", label=f"{human(tokens)} tokens", **{key: s}, **style)
+        for tokens, s in sorted(styles.items())
+    ]
 
 
 def _legend(ax: Axes, handles: Sequence[Any]) -> None:
-    ax.legend(handles=list(handles), loc="best", frameon=True, facecolor="white", edgecolor="none",
-              framealpha=0.9)
+    ax.legend(handles=list(handles), loc="best", frameon=True, facecolor="white", edgecolor="none", framealpha=0.9)
 
 
 def plot_loss_vs_params(records: Sequence[dict[str, Any]], laws: Mapping[str, LawFit], stem: Path) -> Path:
     """Final held-out loss against non-embedding parameters, one marker per token budget, with L(N)."""
-    fig, ax = _figure()
+    fig, ax = new_axes(_HEIGHT)
     colours = size_colours(records)
     markers = _budget_styles(records, _MARKERS)
     for tokens, marker in markers.items():
         rs = [r for r in records if r["tokens"] == tokens]
-        ax.scatter([r["non_embedding_params"] for r in rs], [r["final_eval_loss"] for r in rs],
-                   c=[colours[r["non_embedding_params"]] for r in rs], marker=marker, s=40, edgecolors="black",
-                   linewidths=0.5, zorder=3)
+        ax.scatter(
+            [r["non_embedding_params"] for r in rs],
+            [r["final_eval_loss"] for r in rs],
+            c=[colours[r["non_embedding_params"]] for r in rs],
+            marker=marker,
+            s=40,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
     handles = _budget_handles(markers, "marker", linestyle="", markeredgecolor="black", markersize=6)
     n = _span([r["non_embedding_params"] for r in records], pad=1.25)
-    for law, colour, style in (("L(N)", _FIT_COLOUR, "--"), ("L(N) with E", _SECOND_FIT_COLOUR, ":")):
-        fit = laws[law].fit
-        if fit is not None:
-            label = _exponent_label(fit, law, "α_N")
-            if law == "L(N) with E":
-                label += f", E = {pm(fit.params['E'], fit.stderr['E'])}"
-            handles += ax.plot(n, fit.predict(n), style, color=colour, linewidth=1.4, label=label)
+    for name, params, colour, style in (
+        ("L(N)", ["alpha"], _FIT_COLOUR, "--"),
+        ("L(N) with E", ["alpha", "E"], _SECOND_FIT_COLOUR, ":"),
+    ):
+        law = laws[name]
+        if law.fit is not None:
+            handles += ax.plot(n, law.fit.predict(n), style, color=colour, linewidth=1.4, label=_fit_label(law, params))
     _loglog(ax, sorted(colours))
     ax.set_xlabel("Non-embedding parameters N")
     ax.set_ylabel("Final held-out loss (nats/token)")
     ax.set_title("Loss against model size")
     _legend(ax, handles)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
-def plot_loss_vs_compute(records: Sequence[dict[str, Any]], curves: Sequence[Curve], laws: Mapping[str, LawFit],
-                         stem: Path) -> Path:
+def plot_loss_vs_compute(
+    records: Sequence[dict[str, Any]], curves: Sequence[Curve], laws: Mapping[str, LawFit], stem: Path
+) -> Path:
     """Held-out learning curves against training FLOPs, the frontier of final losses, and L(C)."""
-    fig, ax = _figure()
+    fig, ax = new_axes(_HEIGHT)
     colours = size_colours(records)
     styles = _budget_styles(records, _LINESTYLES)
     for curve in curves:
         r = curve.record
-        ax.plot(curve.eval_tokens * r["flops_per_token"], curve.eval_loss, styles[r["tokens"]],
-                color=colours[r["non_embedding_params"]], linewidth=1.1, alpha=0.75)
+        ax.plot(
+            curve.eval_tokens * r["flops_per_token"],
+            curve.eval_loss,
+            styles[r["tokens"]],
+            color=colours[r["non_embedding_params"]],
+            linewidth=1.1,
+            alpha=0.75,
+        )
     law = laws["L(C)"]
-    frontier = ax.scatter([records[i]["flops"] for i in law.points],
-                          [records[i]["final_eval_loss"] for i in law.points], s=70, facecolors="none",
-                          edgecolors="black", linewidths=1.2, zorder=4, label="compute frontier (final losses)")
+    frontier = ax.scatter(
+        [records[i]["flops"] for i in law.points],
+        [records[i]["final_eval_loss"] for i in law.points],
+        s=70,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=1.2,
+        zorder=4,
+        label="compute frontier (final losses)",
+    )
     handles = [*_size_handles(records), *_budget_handles(styles, "linestyle"), frontier]
     if law.fit is not None:
         c = _span([records[i]["flops"] for i in law.points], pad=1.25)
-        handles += ax.plot(c, law.fit.predict(c), "-", color=_FIT_COLOUR, linewidth=1.4,
-                           label=_exponent_label(law.fit, "L(C)", "α_C"))
+        handles += ax.plot(
+            c, law.fit.predict(c), "-", color=_FIT_COLOUR, linewidth=1.4, label=_fit_label(law, ["alpha"])
+        )
     _loglog(ax)
     ax.set_xlabel("Training FLOPs C")
     ax.set_ylabel("Held-out loss (nats/token)")
     ax.set_title("Loss against compute")
     _legend(ax, handles)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_learning_curves(records: Sequence[dict[str, Any]], curves: Sequence[Curve], stem: Path) -> Path:
     """Held-out loss (markers) and training loss (faint) against tokens, one colour per size and one line
     style per token budget (each budget is its own run, with its own learning-rate schedule)."""
-    fig, ax = _figure()
+    fig, ax = new_axes(_HEIGHT)
     colours = size_colours(records)
     styles = _budget_styles(records, _LINESTYLES)
     for curve in curves:
@@ -193,46 +178,63 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], curves: Sequence[Cur
     ax.set_ylabel("Loss (nats/token)")
     ax.set_title("Learning curves")
     _legend(ax, [*_size_handles(records, marker="o", markersize=3), *_budget_handles(styles, "linestyle")])
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_loss_vs_tokens(records: Sequence[dict[str, Any]], laws: Mapping[str, LawFit], stem: Path) -> Path:
     """Final held-out loss against tokens, one colour per size, with the L(N, D) fit for each size."""
-    fig, ax = _figure()
+    fig, ax = new_axes(_HEIGHT)
     colours = size_colours(records)
-    fit = laws["L(N, D)"].fit
+    law = laws["L(N, D)"]
+    fit = law.fit
     d = _span([r["tokens"] for r in records], pad=1.25)
     for size, colour in colours.items():
         rs = [r for r in records if r["non_embedding_params"] == size]
-        ax.scatter([r["tokens"] for r in rs], [r["final_eval_loss"] for r in rs], color=colour, s=40,
-                   edgecolors="black", linewidths=0.5, zorder=3)
+        ax.scatter(
+            [r["tokens"] for r in rs],
+            [r["final_eval_loss"] for r in rs],
+            color=colour,
+            s=40,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
         if fit is not None:
             ax.plot(d, fit.predict(np.full_like(d, size), d), "--", color=colour, linewidth=1.1)
     handles = _size_handles(records, marker="o", linestyle="", markeredgecolor="black", markersize=6)
     if fit is not None:
-        handles.append(Line2D([], [], linestyle="--", color=_SECOND_FIT_COLOUR,
-                              label=f"L(N, D): α = {pm(fit.params['alpha'], fit.stderr['alpha'])}, "
-                                    f"β = {pm(fit.params['beta'], fit.stderr['beta'])}"))
+        handles.append(
+            Line2D([], [], linestyle="--", color=_SECOND_FIT_COLOUR, label=_fit_label(law, ["alpha", "beta"]))
+        )
     _loglog(ax, sorted({r["tokens"] for r in records}))
     ax.set_xlabel("Training tokens D")
     ax.set_ylabel("Final held-out loss (nats/token)")
     ax.set_title("Loss against data")
     _legend(ax, handles)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
-def draw_plots(records: Sequence[dict[str, Any]], curves: Sequence[Curve], laws: Mapping[str, LawFit],
-               plots_dir: Path) -> dict[str, Path]:
+def draw_plots(
+    records: Sequence[dict[str, Any]], curves: Sequence[Curve], laws: Mapping[str, LawFit], plots_dir: Path
+) -> dict[str, Path]:
     """Every plot the records support, by name -> PNG path (loss_vs_tokens needs two token counts)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context(_STYLE):
-        plots = {"loss_vs_params": plot_loss_vs_params(records, laws, plots_dir / "loss_vs_params"),
-                 "loss_vs_compute": plot_loss_vs_compute(records, curves, laws, plots_dir / "loss_vs_compute"),
-                 "learning_curves": plot_learning_curves(records, curves, plots_dir / "learning_curves")}
+    with plot_style():
+        plots = {
+            "loss_vs_params": plot_loss_vs_params(records, laws, plots_dir / "loss_vs_params"),
+            "loss_vs_compute": plot_loss_vs_compute(records, curves, laws, plots_dir / "loss_vs_compute"),
+            "learning_curves": plot_learning_curves(records, curves, plots_dir / "learning_curves"),
+        }
         if len({r["tokens"] for r in records}) >= 2:
             plots["loss_vs_tokens"] = plot_loss_vs_tokens(records, laws, plots_dir / "loss_vs_tokens")
     return plots
 
 
-__all__ = ["draw_plots", "human", "plot_learning_curves", "plot_loss_vs_compute", "plot_loss_vs_params",
-           "plot_loss_vs_tokens", "pm", "size_colours"]
+__all__ = [
+    "draw_plots",
+    "plot_learning_curves",
+    "plot_loss_vs_compute",
+    "plot_loss_vs_params",
+    "plot_loss_vs_tokens",
+    "size_colours",
+]

@@ -3,7 +3,7 @@
 Everything is recomputed from the run directories: the registry is rebuilt, the laws refitted and the plots
 redrawn, so `gptjax sweep --report-only DIR` reflects exactly what is on disk. Few-shot results (runs
 trained with `eval_tasks`) get eval/report.py's report in `report/fewshot/`, linked and partly embedded.
-Markdown and HTML are rendered from one list of blocks, so the two cannot drift apart.
+Both reports are built from gptjax.reporting's blocks, plot style and number formats.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval import document
-from experiments.analysis import LAWS, LawFit, fit_laws, load_curves
-from experiments.plots import draw_plots, human, pm
+from eval.report import build_report
+from experiments.analysis import LawFit, fit_laws, load_curves
+from experiments.plots import draw_plots
 from experiments.registry import finished_run_dirs, rebuild_registry
-from experiments.runner import FAILURES_FILE, SWEEP_COPY
 from experiments.sweep import load_sweep
+from gptjax.errors import InputNotFoundError
 from gptjax.model import FLOPS_CONVENTION
-
-REPORT_DIR = "report"
-
+from gptjax.reporting import Block, Code, Figure, Heading, Link, Table, Text, human, write_report
+from gptjax.rundir import SweepDir
 
 # ---------------------------------------------------------------------------------------------------------
 # Sections.
@@ -32,84 +31,128 @@ def _optional(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _runs_table(records: Sequence[dict[str, Any]]) -> document.Table:
-    header = ("Run", "Params", "Non-emb. N", "Steps", "Tokens D", "FLOPs", "6ND", "Train loss", "Held-out loss",
-              "Wall s", "Tokens/s", "MFU")
-    rows = tuple((r["name"], f"{r['params']:,}", f"{r['non_embedding_params']:,}", str(r["steps"]),
-                  human(r["tokens"]), human(r["flops"]), human(r["flops_6nd"]), f"{r['final_train_loss']:.4f}",
-                  f"{r['final_eval_loss']:.4f}", _optional(r["wall_time_s"], ".1f"),
-                  "—" if r["tokens_per_s"] is None else human(r["tokens_per_s"]), _optional(r["mfu"], ".1%"))
-                 for r in records)
-    return document.Table(header, rows, frozenset(range(1, len(header))))
+def _runs_table(records: Sequence[dict[str, Any]]) -> Table:
+    header = (
+        "Run",
+        "Params",
+        "Non-emb. N",
+        "Steps",
+        "Tokens D",
+        "FLOPs",
+        "6ND",
+        "Train loss",
+        "Held-out loss",
+        "Wall s",
+        "Tokens/s",
+        "MFU",
+    )
+    rows = tuple(
+        (
+            r["name"],
+            f"{r['params']:,}",
+            f"{r['non_embedding_params']:,}",
+            str(r["steps"]),
+            human(r["tokens"]),
+            human(r["flops"]),
+            human(r["flops_6nd"]),
+            f"{r['final_train_loss']:.4f}",
+            f"{r['final_eval_loss']:.4f}",
+            _optional(r["wall_time_s"], ".1f"),
+            "—" if r["tokens_per_s"] is None else human(r["tokens_per_s"]),
+            _optional(r["mfu"], ".1%"),
+        )
+        for r in records
+    )
+    return Table(header, rows, frozenset(range(1, len(header))))
 
 
-def _symbols(law: str) -> dict[str, str]:
-    """Display names of a law's parameters: Greek exponents, and x_c named after the law's variable."""
-    return {"alpha": "α", "beta": "β", "x_c": "C_c" if law == "L(C)" else "N_c"}
-
-
-def _params_cell(name: str, law: LawFit) -> str:
-    if law.fit is None:
-        return f"not fitted: {law.error}"
-    symbols = _symbols(name)
-    return ", ".join(f"{symbols.get(p, p)} = {pm(value, law.fit.stderr[p])}" for p, value in law.fit.params.items())
-
-
-def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[document.Block]:
-    rows = tuple((name, form, laws[name].data, _params_cell(name, laws[name]), str(len(laws[name].points)),
-                  f"{laws[name].fit.rms_log_residual:.4f}" if laws[name].fit else "—") for name, form in LAWS.items())
-    blocks: list[document.Block] = [
-        document.Heading(2, "Scaling laws"),
-        document.Text("N is the non-embedding parameter count (Kaplan et al.), D the number of training tokens, C the "
-              f"training FLOPs. Values are ± the standard deviation of {n_boot} residual-bootstrap refits, which "
-              "is optimistic when a law has barely more points than parameters; the last column is the "
-              "root-mean-square residual of log L. L(N) and L(C) are least squares on log L; the laws with E use "
-              "Hoffmann et al.'s Huber loss on log L from a grid of initialisations."),
-        document.Table(("Law", "Form", "Fitted to", "Parameters", "Points", "RMS log resid."), rows,
-               frozenset({4, 5})),
+def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[Block]:
+    rows = tuple(
+        (
+            name,
+            law.law.formula,
+            law.data,
+            law.describe(),
+            str(len(law.points)),
+            f"{law.fit.rms_log_residual:.4f}" if law.fit else "—",
+        )
+        for name, law in laws.items()
+    )
+    blocks: list[Block] = [
+        Heading(2, "Scaling laws"),
+        Text(
+            "N is the non-embedding parameter count (Kaplan et al.), D the number of training tokens, C the "
+            f"training FLOPs. Values are ± the standard deviation of {n_boot} residual-bootstrap refits, which is "
+            "optimistic when a law has barely more points than parameters; the last column is the "
+            "root-mean-square residual of log L. L(N) and L(C) are least squares on log L; the laws with E use "
+            "Hoffmann et al.'s Huber loss on log L from a grid of initialisations."
+        ),
+        Table(("Law", "Form", "Fitted to", "Parameters", "Points", "RMS log resid."), rows, frozenset({4, 5})),
     ]
-    loose = {name: [p for p, v in law.fit.params.items() if not law.fit.stderr[p] < abs(v)]
-             for name, law in laws.items() if law.fit is not None}
-    listed = "; ".join(f"{name}: {', '.join(_symbols(name).get(p, p) for p in params)}"
-                       for name, params in loose.items() if params)
+    loose = {
+        name: [p for p, v in law.fit.params.items() if not law.fit.stderr[p] < abs(v)]
+        for name, law in laws.items()
+        if law.fit is not None
+    }
+    listed = "; ".join(
+        f"{name}: {', '.join(laws[name].law.symbol(p) for p in params)}" for name, params in loose.items() if params
+    )
     if listed:
-        blocks.append(document.Text("Poorly determined (bootstrap error at least the value itself, or no error "
-                            f"estimate): {listed}. More sizes or token budgets would pin them down."))
+        blocks.append(
+            Text(
+                "Poorly determined (bootstrap error at least the value itself, or no error estimate): "
+                f"{listed}. More sizes or token budgets would pin them down."
+            )
+        )
     if laws["L(N, D)"].fit is not None and not {"alpha", "beta"} & set(loose["L(N, D)"]):
         alpha, beta = (laws["L(N, D)"].fit.params[p] for p in ("alpha", "beta"))
-        blocks.append(document.Text(f"L(N, D) implies compute-optimal allocation N_opt ∝ C^{beta / (alpha + beta):.2f} "
-                            f"and D_opt ∝ C^{alpha / (alpha + beta):.2f} (Hoffmann et al.: a = β/(α+β))."))
+        blocks.append(
+            Text(
+                f"L(N, D) implies compute-optimal allocation N_opt ∝ C^{beta / (alpha + beta):.2f} and "
+                f"D_opt ∝ C^{alpha / (alpha + beta):.2f} (Hoffmann et al.: a = β/(α+β))."
+            )
+        )
     return blocks
 
 
 _CAPTIONS = {
     "loss_vs_params": "Final held-out loss against non-embedding parameters (log-log); marker shape = token "
-                      "budget; lines: L(N) fitted at the largest budget.",
+    "budget; lines: L(N) fitted at the largest budget.",
     "loss_vs_compute": "Held-out learning curves against training FLOPs, one colour per size; circled: the "
-                       "compute-efficient frontier of final losses that L(C) is fitted to.",
+    "compute-efficient frontier of final losses that L(C) is fitted to.",
     "learning_curves": "Training loss (thin) and held-out loss (markers) against tokens seen, one colour per size.",
-    "loss_vs_tokens": "Final held-out loss against training tokens, one colour per size; dashed: L(N, D) at "
-                      "each size.",
+    "loss_vs_tokens": "Final held-out loss against training tokens, one colour per size; dashed: L(N, D) at each size.",
 }
 
 
-def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir: Path) -> list[document.Block]:
+def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir: Path) -> list[Block]:
     paths = [sweep_dir / r["eval_results"] for r in records if r["eval_results"]]
     if not paths:
         return []
-    from eval.report import build_report
-
     written = build_report(paths, out_dir / "fewshot")
-    blocks: list[document.Block] = [
-        document.Heading(2, "Few-shot evaluation"),
-        document.Text(f"{len(paths)} run(s) were evaluated at their last step; eval/report.py's full report (tables, "
-              "plots against K and against size) is linked below."),
-        document.Link("Few-shot report", "fewshot/report.md", "fewshot/report.html"),
+    blocks: list[Block] = [
+        Heading(2, "Few-shot evaluation"),
+        Text(
+            f"{len(paths)} run(s) were evaluated at their last step; eval/report.py's full report (tables, plots "
+            "against K and against size) is linked below."
+        ),
+        Link("Few-shot report", "fewshot/report.md", "fewshot/report.html"),
     ]
-    scaling = [key for key in written if key.startswith("plots/") and key.endswith(".png")
-               and (key == "plots/aggregate.png" or key.startswith("plots/scaling_"))]
-    blocks += [document.Figure(written[key], f"Few-shot {Path(key).stem.removeprefix('scaling_')} against non-embedding "
-                                     "parameters (from the few-shot report).") for key in scaling]
+    scaling = [
+        key
+        for key in written
+        if key.startswith("plots/")
+        and key.endswith(".png")
+        and (key == "plots/aggregate.png" or key.startswith("plots/scaling_"))
+    ]
+    blocks += [
+        Figure(
+            written[key],
+            f"Few-shot {Path(key).stem.removeprefix('scaling_')} against non-embedding "
+            "parameters (from the few-shot report).",
+        )
+        for key in scaling
+    ]
     return blocks
 
 
@@ -117,45 +160,50 @@ def build_sweep_report(sweep_dir: str | Path, *, n_boot: int = 200) -> dict[str,
     """Rebuild the registry, refit, redraw, and write `<sweep_dir>/report/`. Returns the written files by
     their path relative to the report directory ("report.md", "report.html", "plots/<name>.png", ...)."""
     sweep_dir = Path(sweep_dir)
+    layout = SweepDir(sweep_dir)
     if not finished_run_dirs(sweep_dir):
-        raise FileNotFoundError(f"{sweep_dir} holds no finished runs (looked for {sweep_dir}/runs/*/DONE): "
-                                "nothing to report")
+        raise InputNotFoundError(
+            f"{sweep_dir} holds no finished runs (looked for {layout.runs_dir}/*/DONE): nothing to report"
+        )
     records = rebuild_registry(sweep_dir)
-    out_dir = sweep_dir / REPORT_DIR
+    out_dir = Path(layout.report_dir)
     laws = fit_laws(records, n_boot=n_boot)
     plots = draw_plots(records, load_curves(sweep_dir, records), laws, out_dir / "plots")
 
-    sweep_file = sweep_dir / SWEEP_COPY
+    sweep_file = layout.sweep_file
     sweep = load_sweep(sweep_file) if sweep_file.is_file() else None
     title = f"Scaling sweep: {sweep.name if sweep else sweep_dir.name}"
-    blocks: list[document.Block] = [document.Heading(1, title)]
+    blocks: list[Block] = [Heading(1, title)]
     if sweep and sweep.description:
-        blocks.append(document.Text(sweep.description))
+        blocks.append(Text(sweep.description))
     planned = f" of {len(sweep.points)} planned" if sweep else ""
-    blocks.append(document.Text(f"{len(records)} finished run(s){planned} in {sweep_dir}."))
-    failures_file = sweep_dir / FAILURES_FILE
+    blocks.append(Text(f"{len(records)} finished run(s){planned} in {sweep_dir}."))
+    failures_file = layout.failures_file
     if failures_file.is_file():
         failures = [json.loads(line) for line in failures_file.read_text().splitlines() if line.strip()]
-        blocks.append(document.Text("Failed in the last invocation: " + "; ".join(f"{f['name']} ({f['error']})"
-                                                                         for f in failures)))
-    blocks += [document.Heading(2, "Runs"), _runs_table(records),
-               document.Text(f"FLOPs follow gptjax's convention: {FLOPS_CONVENTION} 6ND is Kaplan et "
-                     "al.'s estimate with N the non-embedding parameters. Tokens/s and MFU are medians over the "
-                     "logged intervals; MFU on CPU is against a measured matmul peak.")]
+        blocks.append(
+            Text("Failed in the last invocation: " + "; ".join(f"{f['name']} ({f['error']})" for f in failures))
+        )
+    blocks += [
+        Heading(2, "Runs"),
+        _runs_table(records),
+        Text(
+            f"FLOPs follow gptjax's convention: {FLOPS_CONVENTION} 6ND is Kaplan et al.'s estimate with N "
+            "the non-embedding parameters. Tokens/s and MFU are medians over the logged intervals; MFU on "
+            "CPU is against a measured matmul peak."
+        ),
+    ]
     blocks += _laws_section(laws, n_boot)
-    blocks += [document.Heading(2, "Plots"), *(document.Figure(png, _CAPTIONS[name]) for name, png in plots.items())]
+    blocks += [Heading(2, "Plots"), *(Figure(png, _CAPTIONS[name]) for name, png in plots.items())]
     blocks += _fewshot_section(records, sweep_dir, out_dir)
     if sweep:
-        blocks += [document.Heading(2, "Sweep file"), document.Code(sweep.text, language="toml")]
+        blocks += [Heading(2, "Sweep file"), Code(sweep.text, language="toml")]
 
-    markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text(document.markdown(blocks, out_dir), encoding="utf-8")
-    page.write_text(document.html_page(blocks, title), encoding="utf-8")
-    written = [markdown, page, *plots.values(), *(p.with_suffix(".svg") for p in plots.values())]
+    written = write_report(blocks, out_dir, title)
     fewshot = out_dir / "fewshot"
     if any(r["eval_results"] for r in records):
-        written += [p for p in fewshot.rglob("*") if p.is_file()]
-    return {p.relative_to(out_dir).as_posix(): p for p in written}
+        written |= {p.relative_to(out_dir).as_posix(): p for p in fewshot.rglob("*") if p.is_file()}
+    return written
 
 
-__all__ = ["REPORT_DIR", "build_sweep_report"]
+__all__ = ["build_sweep_report"]

@@ -4,8 +4,10 @@
 name = "my_sweep"                      # default: the file's stem; names the default output directory
 description = "what the sweep is for"  # optional, shown in the report
 
-[base]
-overrides = ["batch_size=16", "seq_len=64", "optim.learning_rate=3e-3"]   # `gptjax train` key=value
+[base]                                 # RunConfig fields, sections as tables (TOML's dotted keys work too)
+batch_size = 16
+seq_len = 64
+optim.learning_rate = 3e-3
 # preset = "tiny-200k"                 # the model, when [axes].presets does not sweep it
 
 [axes]
@@ -24,21 +26,22 @@ runs, so one bad value fails that point alone; everything else in the file is ch
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptjax.config import ConfigError, RunConfig, get_preset, override
+from gptjax.config import ConfigError, RunConfig, apply_table, flatten, get_preset
+from gptjax.errors import GptjaxError, InputNotFoundError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sweeps"
 _TOP_KEYS = {"name", "description", "base", "axes"}
-_BASE_KEYS = {"preset", "overrides"}
 _AXIS_KEYS = {"presets", "steps", "tokens", "seeds"}
 _SET_BY_SWEEP = {"run_dir", "steps", "seed"}  # keys the sweep sets itself; overriding them is an error
 
 
-class SweepFileError(ValueError):
+class SweepFileError(GptjaxError, ValueError):
     """A sweep file is malformed; the message names the file, the key and the value."""
 
 
@@ -54,13 +57,14 @@ class Point:
 
     def run_config(self, sweep: Sweep, run_dir: Path) -> RunConfig:
         """The full run config of this point (raises ConfigError for an unknown preset)."""
-        run = override(RunConfig(model=get_preset(self.preset)), [*sweep.overrides, f"run_dir={run_dir}",
-                                                                  f"seed={self.seed}"])
+        run = apply_table(
+            RunConfig(model=get_preset(self.preset)), {**sweep.base, "run_dir": os.fspath(run_dir), "seed": self.seed}
+        )
         steps = self.steps
         if steps is None:
             assert self.tokens is not None
             steps = math.ceil(self.tokens / (run.batch_size * run.sequence_length))
-        return override(run, [f"steps={steps}"])
+        return apply_table(run, {"steps": steps})
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Sweep:
 
     name: str
     description: str
-    overrides: tuple[str, ...]
+    base: dict[str, Any]  # the [base] table without `preset`: what every point's RunConfig starts from
     points: tuple[Point, ...]
     text: str
 
@@ -87,8 +91,9 @@ def resolve_sweep_file(spec: str | Path) -> Path:
     embedded = embedded_sweeps()
     if str(spec) in embedded:
         return embedded[str(spec)]
-    raise FileNotFoundError(f"sweep file {spec} does not exist and is not an embedded sweep "
-                            f"(embedded: {', '.join(sorted(embedded))})")
+    raise InputNotFoundError(
+        f"sweep file {spec} does not exist and is not an embedded sweep (embedded: {', '.join(sorted(embedded))})"
+    )
 
 
 def _list(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> list[Any] | None:
@@ -138,7 +143,6 @@ def load_sweep(path: str | Path) -> Sweep:
     where = str(path)
     _unknown(data, _TOP_KEYS, where)
     base, axes = _table(data, "base", where), _table(data, "axes", where)
-    _unknown(base, _BASE_KEYS, f"{where} [base]")
     _unknown(axes, _AXIS_KEYS, f"{where} [axes]")
     name = data.get("name", path.stem)
     description = data.get("description", "")
@@ -147,17 +151,17 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(description, str):
         raise SweepFileError(f"{where}: description must be a string, got {description!r}")
 
-    overrides = base.get("overrides", [])
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise SweepFileError(f"{where} [base].overrides must be a list of \"key=value\" strings, got {overrides!r}")
-    swept = sorted({o.split("=", 1)[0].strip() for o in overrides} & _SET_BY_SWEEP)
+    config = {k: v for k, v in base.items() if k != "preset"}
+    swept = sorted({key for key, _ in flatten(config)} & _SET_BY_SWEEP)
     if swept:
-        raise SweepFileError(f"{where} [base].overrides sets {', '.join(swept)}, which the sweep sets per point "
-                             "(use [axes] steps/tokens/seeds; run directories go under the sweep directory)")
+        raise SweepFileError(
+            f"{where} [base] sets {', '.join(swept)}, which the sweep sets per point "
+            "(use [axes] steps/tokens/seeds; run directories go under the sweep directory)"
+        )
     try:
-        override(RunConfig(), overrides)  # a bad key or value fails the whole sweep now, not every point later
+        apply_table(RunConfig(), config)  # a bad key or value fails the whole sweep now, not every point later
     except ConfigError as err:
-        raise SweepFileError(f"{where} [base].overrides: {err}") from None
+        raise SweepFileError(f"{where} [base]: {err}") from None
 
     presets = _list(axes, "presets", str, f"{where} [axes]")
     if "preset" in base and presets is not None:
@@ -176,15 +180,20 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, values in (("steps", steps), ("tokens", tokens), ("seeds", seeds)):
         bad = [v for v in values or [] if v < (0 if key == "seeds" else 1)]
         if bad:
-            raise SweepFileError(f"{where} [axes].{key} must be {'>= 0' if key == 'seeds' else 'positive'}, "
-                                 f"got {bad}")
+            raise SweepFileError(f"{where} [axes].{key} must be {'>= 0' if key == 'seeds' else 'positive'}, got {bad}")
 
     lengths: list[tuple[int | None, int | None, str]] = (
-        [(s, None, f"{s}steps") for s in steps] if steps is not None
-        else [(None, int(t), f"{_tokens_label(int(t))}tok") for t in tokens or []])
-    points = tuple(Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t)
-                   for preset in presets for s, t, label in lengths for seed in seeds)
-    return Sweep(name, description, tuple(overrides), points, text)
+        [(s, None, f"{s}steps") for s in steps]
+        if steps is not None
+        else [(None, int(t), f"{_tokens_label(int(t))}tok") for t in tokens or []]
+    )
+    points = tuple(
+        Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t)
+        for preset in presets
+        for s, t, label in lengths
+        for seed in seeds
+    )
+    return Sweep(name, description, config, points, text)
 
 
 __all__ = ["Point", "Sweep", "SweepFileError", "embedded_sweeps", "load_sweep", "resolve_sweep_file"]

@@ -1,6 +1,10 @@
 """gptjax: train, evaluate and report on GPT-family models.
 
-Heavy modules (JAX, TensorFlow, torch) are imported inside each command so `gptjax --help` is instant.
+The composition root: the one place that wires the core (gptjax), eval and experiments together, e.g. a
+training run gets eval's few-shot hook here. Each command imports its modules when it runs, because JAX and
+TensorFlow take seconds to import and `gptjax --help` must stay under two (tests/test_cli.py checks it).
+Every error a user can cause derives from `GptjaxError` and is printed as one line; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,20 +13,23 @@ import argparse
 import importlib
 import sys
 
+from gptjax.errors import GptjaxError
+
 DEFAULT_PRESET = "tiny-200k"
 
 
 def _train(args: argparse.Namespace) -> int:
+    from eval.hook import add_fewshot_hook
     from gptjax import config, sharding
-
-    sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    from gptjax.hooks import default_hooks
+    from gptjax.hooks import add_standard_hooks
     from gptjax.train import Trainer
 
+    sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     run = config.RunConfig(model=config.get_preset(args.preset), run_dir=args.run_dir)
     run = config.override(run, args.overrides)
     trainer = Trainer(run)
-    trainer.hooks = default_hooks(trainer)
+    trainer.restore_or_init()
+    add_fewshot_hook(trainer, add_standard_hooks(trainer))
     trainer.train()
     return 0
 
@@ -33,23 +40,32 @@ def _generate(args: argparse.Namespace) -> int:
     from gptjax import decode
     from gptjax.runs import load_for_inference
 
-    params, cfg, vocab = load_for_inference(args.run_dir, args.step)
+    params, cfg, vocab, _ = load_for_inference(args.run_dir, args.step)
     options: dict = {"method": args.method, "num_beams": args.num_beams}
     if args.method == "sample":
-        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       rng=jax.random.key(args.seed))
-    text = decode.generate_text(params, cfg, vocab, [args.prompt], max_new_tokens=args.max_new_tokens,
-                                until=args.until, eos_id=vocab.eos_id, left_truncate=True, **options)[0]
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=jax.random.key(args.seed))
+    text = decode.generate_text(
+        params,
+        cfg,
+        vocab,
+        [args.prompt],
+        max_new_tokens=args.max_new_tokens,
+        until=args.until,
+        eos_id=vocab.eos_id,
+        left_truncate=True,
+        **options,
+    )[0]
     print(args.prompt + text)
     return 0
 
 
 def _hf_import(args: argparse.Namespace) -> int:
     from gptjax import hf
-    from gptjax.runs import save_params
+    from gptjax.config import DataConfig, RunConfig
+    from gptjax.train import write_initial_checkpoint
 
     cfg, params = hf.import_hf(args.hf_dir)
-    save_params(args.out, cfg, params, vocab=args.vocab)
+    write_initial_checkpoint(RunConfig(model=cfg, data=DataConfig(vocab=args.vocab), run_dir=args.out), params)
     print(f"imported {args.hf_dir} ({cfg.n_layer} layers, d_model {cfg.d_model}) into {args.out}")
     return 0
 
@@ -58,7 +74,7 @@ def _hf_export(args: argparse.Namespace) -> int:
     from gptjax import hf
     from gptjax.runs import load_for_inference
 
-    params, cfg, _ = load_for_inference(args.run_dir, args.step)
+    params, cfg, _, _ = load_for_inference(args.run_dir, args.step)
     hf.export_hf(params, cfg, args.out, tokenizer_dir=args.tokenizer_dir)
     print(f"exported to {args.out}")
     return 0
@@ -129,17 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         command, name = (lambda: args.func(args)), args.command
     try:
         return command()
-    except Exception as err:
-        if not _is_user_error(err):
-            raise
+    except GptjaxError as err:
         print(f"gptjax {name}: error: {err}", file=sys.stderr)
         return 2
-
-
-def _is_user_error(err: Exception) -> bool:
-    """gptjax's own errors and missing files describe bad input and name the offending values:
-    they are printed without a traceback. Anything else is a bug and keeps its traceback."""
-    return isinstance(err, FileNotFoundError) or type(err).__module__.split(".")[0] in ("gptjax", "eval", "experiments")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Typed, frozen configuration: the model presets and the `key=value` override language.
+"""Typed, frozen, nested configuration: the model presets, the run's sections, and the override language
+(`key=value` strings on the command line, nested tables in sweep files).
 
 Every knob lives in a frozen dataclass so a resolved config can be written to `config.json`, diffed and
-rebuilt exactly. Validation happens at construction and names the offending values.
+rebuilt exactly. Validation happens at construction and names the offending values; the fields a resumed
+run may change are marked on the fields themselves (`resumable`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gptjax.errors import ConfigError
+from gptjax.sharding import DEFAULT_RULES, MeshConfig
 
 AttentionKind = Literal["dense", "banded"]
 
@@ -20,15 +26,12 @@ AttentionKind = Literal["dense", "banded"]
 GPT3_BAND_WIDTH = 256
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the value."""
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one GPT-family model.
 
-    `d_head` defaults to d_model // n_heads; GPT-3 13B is the one published model where
+    `d_head` and `d_ff` left at 0 are derived (d_model // n_head and 4 * d_model) when the config is built,
+    so every reader sees one resolved value under one name. GPT-3 13B is the one published model where
     n_heads * d_head (5120) differs from d_model (5140), so the attention width is its own field.
     """
 
@@ -38,8 +41,8 @@ class ModelConfig:
     n_layer: int = 2
     n_head: int = 2
     d_model: int = 32
-    d_head: int | None = None
-    d_ff: int | None = None  # defaults to 4 * d_model
+    d_head: int = 0  # 0 = d_model // n_head
+    d_ff: int = 0  # 0 = 4 * d_model
     norm: Literal["pre", "post"] = "pre"  # GPT-1 is post-norm; GPT-2/3 pre-norm with a final LayerNorm
     final_norm: bool = True
     tie_embeddings: bool = True
@@ -66,11 +69,17 @@ class ModelConfig:
         for name in ("vocab_size", "n_ctx", "n_layer", "n_head", "d_model", "band_width"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.d_head is None and self.d_model % self.n_head:
+        for name in ("d_head", "d_ff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be positive (or 0 = derived), got {getattr(self, name)}")
+        if self.d_head == 0 and self.d_model % self.n_head:
             raise ConfigError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
                 "change one of them or set model.d_head explicitly"
             )
+        for name, value in self.derived().items():
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, value)
         if self.attention_block < 0:
             raise ConfigError(f"model.attention_block must be >= 0 (0 = one block), got {self.attention_block}")
         if not self.attention_pattern:
@@ -84,38 +93,56 @@ class ModelConfig:
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"model.norm must be 'pre' or 'post', got {self.norm!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_head if self.d_head is not None else self.d_model // self.n_head
+    def derived(self) -> dict[str, int]:
+        """The values `d_head` and `d_ff` take when left at 0 (d_head only where n_head divides d_model)."""
+        values = {"d_ff": 4 * self.d_model}
+        if self.d_model % self.n_head == 0:
+            values["d_head"] = self.d_model // self.n_head
+        return values
 
     @property
     def d_attn(self) -> int:
-        return self.n_head * self.head_dim
-
-    @property
-    def d_mlp(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        """The attention width n_head * d_head (d_model except where a preset says otherwise)."""
+        return self.n_head * self.d_head
 
     def layer_kind(self, layer: int) -> AttentionKind:
         return self.attention_pattern[layer % len(self.attention_pattern)]
 
 
-# Published presets attend in blocks of 256 query rows (= GPT-3's band): on CPU a GPT-2 layer's training
-# step at ctx 1024 is 1.3x faster, a GPT-3 dense + banded pair at ctx 2048 1.9x (bench/attention_blocks.py).
+# Published presets attend in blocks of 256 query rows (= GPT-3's band); bench/attention_blocks.py and its
+# README section measure what that buys.
 _PUBLISHED_BLOCK = 256
 
 
 def _gpt2(name: str, n_layer: int, d_model: int, n_head: int) -> ModelConfig:
-    return ModelConfig(name=name, vocab_size=50257, n_ctx=1024, n_layer=n_layer, n_head=n_head,
-                       d_model=d_model, embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1,
-                       attention_block=_PUBLISHED_BLOCK)
+    return ModelConfig(
+        name=name,
+        vocab_size=50257,
+        n_ctx=1024,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        embd_dropout=0.1,
+        attn_dropout=0.1,
+        resid_dropout=0.1,
+        attention_block=_PUBLISHED_BLOCK,
+    )
 
 
-def _gpt3(name: str, n_layer: int, d_model: int, n_head: int, d_head: int, batch_tokens: int,
-          lr: float) -> ModelConfig:
-    return ModelConfig(name=name, vocab_size=50257, n_ctx=2048, n_layer=n_layer, n_head=n_head,
-                       d_model=d_model, d_head=d_head, attention_pattern=("dense", "banded"),
-                       attention_block=_PUBLISHED_BLOCK, paper_batch_tokens=batch_tokens, paper_learning_rate=lr)
+def _gpt3(name: str, n_layer: int, d_model: int, n_head: int, d_head: int, batch_tokens: int, lr: float) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        vocab_size=50257,
+        n_ctx=2048,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        d_head=d_head,
+        attention_pattern=("dense", "banded"),
+        attention_block=_PUBLISHED_BLOCK,
+        paper_batch_tokens=batch_tokens,
+        paper_learning_rate=lr,
+    )
 
 
 def _tiny(name: str, n_layer: int, d_model: int, n_head: int) -> ModelConfig:
@@ -125,9 +152,22 @@ def _tiny(name: str, n_layer: int, d_model: int, n_head: int) -> ModelConfig:
 # Tiny ladder for CPU sweeps: d_model / n_layer grows with size as in Kaplan et al.'s shapes; the name is
 # the non-embedding parameter count (tests check that it is within 10% of the real count).
 _PRESET_LIST = [
-    ModelConfig(name="gpt1", vocab_size=40478, n_ctx=512, n_layer=12, n_head=12, d_model=768, norm="post",
-                final_norm=False, scale_residual_init=False, pos_init_std=0.02,
-                embd_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1, attention_block=_PUBLISHED_BLOCK),
+    ModelConfig(
+        name="gpt1",
+        vocab_size=40478,
+        n_ctx=512,
+        n_layer=12,
+        n_head=12,
+        d_model=768,
+        norm="post",
+        final_norm=False,
+        scale_residual_init=False,
+        pos_init_std=0.02,
+        embd_dropout=0.1,
+        attn_dropout=0.1,
+        resid_dropout=0.1,
+        attention_block=_PUBLISHED_BLOCK,
+    ),
     _gpt2("gpt2-small", 12, 768, 12),
     _gpt2("gpt2-medium", 24, 1024, 16),
     _gpt2("gpt2-large", 36, 1280, 20),
@@ -161,39 +201,6 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
-
-
-# Logical axis -> mesh axes. Parameters: vocab/embed/mlp/heads/kv/norm; activations: batch/length/act_*.
-# FSDP shards the embed dimension of every weight; tensor parallelism splits heads, MLP width and vocab.
-DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", ()),
-    ("act_embed", ()),
-    ("embed", ("fsdp",)),
-    ("vocab", ("tensor",)),
-    ("mlp", ("tensor",)),
-    ("heads", ("tensor",)),
-    ("kv", ()),
-    ("norm", ()),
-)
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    """Device mesh sizes; one of them may be -1 (= all remaining devices)."""
-
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    rules: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_RULES
-
-    def __post_init__(self) -> None:
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-        if list(sizes.values()).count(-1) > 1:
-            raise ConfigError(f"at most one mesh axis may be -1, got {sizes}")
-        bad = {k: v for k, v in sizes.items() if v == 0 or v < -1}
-        if bad:
-            raise ConfigError(f"mesh sizes must be positive or -1, got {bad}")
 
 
 @dataclass(frozen=True)
@@ -233,82 +240,205 @@ class DataConfig:
     tfds_data_dir: str = ""  # "" = TFDS default
 
 
+def _positive(cfg: Any, section: str, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{section + '.' if section else ''}{name} must be positive, got {getattr(cfg, name)}")
+
+
+def resumable(default: Any) -> Any:
+    """A RunConfig field a restarted run may change without invalidating its checkpoints."""
+    return field(default=default, metadata={"resumable": True})
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Training metrics: how often they are logged, and the peak FLOP/s MFU is measured against."""
+
+    every: int = 10
+    peak_flops_per_device: float = 0.0  # 0 = from the device table, or measured on CPU
+
+    def __post_init__(self) -> None:
+        _positive(self, "logging", "every")
+        if self.peak_flops_per_device < 0:
+            raise ConfigError(
+                f"logging.peak_flops_per_device must be positive (or 0 = automatic), got {self.peak_flops_per_device}"
+            )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "checkpoint", "every", "keep")
+
+
+@dataclass(frozen=True)
+class HeldOutConfig:
+    """Held-out loss: the mean over the first `batches` validation batches, every `every` steps."""
+
+    every: int = 100
+    batches: int = 8
+
+    def __post_init__(self) -> None:
+        _positive(self, "held_out", "every", "batches")
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """Few-shot evaluation during training (eval/ task names): results go to <run_dir>/eval/<step>.json and
+    their metrics into metrics.jsonl / TensorBoard as eval/<task>/<K>shot/<metric>."""
+
+    tasks: tuple[str, ...] = ()
+    every: int = 0  # 0 = only at the end of the run
+    shots: tuple[int, ...] = (0,)
+    limit: int = 0  # documents per task; 0 = all
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.limit < 0:
+            raise ConfigError(f"fewshot.every={self.every} and fewshot.limit={self.limit} must be >= 0")
+        if any(k < 0 for k in self.shots):
+            raise ConfigError(f"fewshot.shots must be >= 0, got {list(self.shots)}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs; written resolved to <run_dir>/config.json."""
 
     model: ModelConfig = ModelConfig(name="tiny-200k", n_layer=4, n_head=4, d_model=64)
-    mesh: MeshConfig = MeshConfig()
+    mesh: MeshConfig = resumable(MeshConfig())
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
-    run_dir: str = "runs/default"
-    steps: int = 300
+    logging: LoggingConfig = resumable(LoggingConfig())
+    checkpoint: CheckpointConfig = resumable(CheckpointConfig())
+    held_out: HeldOutConfig = resumable(HeldOutConfig())
+    fewshot: FewShotConfig = resumable(FewShotConfig())
+    run_dir: str = resumable("runs/default")  # where the run lives, not what it computes
+    steps: int = resumable(300)
     batch_size: int = 16  # global, in sequences
     seq_len: int = 0  # 0 = model.n_ctx
     micro_batches: int = 1  # gradient accumulation inside the jitted step
     seed: int = 0
-    log_every: int = 10
-    eval_every: int = 100  # held-out loss
-    eval_batches: int = 8
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    peak_flops_per_device: float = 0.0  # 0 = from the device table, or measured on CPU
-    # Few-shot evaluation during training (eval/ task names); results go to <run_dir>/eval/<step>.json
-    # and their metrics into metrics.jsonl / TensorBoard as eval/<task>/<K>shot/<metric>.
-    eval_tasks: tuple[str, ...] = ()
-    eval_tasks_every: int = 0  # 0 = only at the end of the run
-    eval_shots: tuple[int, ...] = (0,)
-    eval_limit: int = 0  # documents per task; 0 = all
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "micro_batches", "log_every", "eval_every", "checkpoint_every",
-                     "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        _positive(self, "", "steps", "batch_size", "micro_batches")
         if self.seq_len > self.model.n_ctx:
             raise ConfigError(f"seq_len={self.seq_len} exceeds model.n_ctx={self.model.n_ctx}")
-        if self.eval_tasks_every < 0 or self.eval_limit < 0:
-            raise ConfigError(f"eval_tasks_every={self.eval_tasks_every} and eval_limit={self.eval_limit} must be >= 0")
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by micro_batches={self.micro_batches}")
+        decay_steps = self.optim.decay_steps or self.steps
+        if self.optim.warmup_steps >= decay_steps:
+            raise ConfigError(
+                f"optim.warmup_steps={self.optim.warmup_steps} must be < the decay length {decay_steps} "
+                "(optim.decay_steps, or steps when it is 0)"
+            )
 
     @property
     def sequence_length(self) -> int:
         return self.seq_len or self.model.n_ctx
 
 
+def changed_fields(saved: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields (dotted paths) in which `new` differs from `saved` and which a resumed run may not change:
+    {path: (saved value, new value)}."""
+    changed: dict[str, tuple[Any, Any]] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        for f in dataclasses.fields(a):
+            if f.metadata.get("resumable"):
+                continue
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if dataclasses.is_dataclass(x):
+                walk(x, y, f"{prefix}{f.name}.")
+            elif x != y:
+                changed[prefix + f.name] = (x, y)
+
+    walk(saved, new, "")
+    return changed
+
+
 # ---------------------------------------------------------------------------------------------------------
 # key=value overrides and JSON round-trip, shared by every config dataclass.
 
 
-def _coerce(value: str, annotation: Any, where: str) -> Any:
-    """Parse a command-line string into the type a dataclass field declares."""
+def _coerce(value: Any, annotation: Any, where: str, text: bool) -> Any:
+    """A command-line string (`text`) or an already typed value from a sweep file's table as the type a
+    dataclass field declares; typed values are never parsed (a TOML "8" is not the number 8)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    text = text and isinstance(value, str)
     if origin in (typing.Union, types.UnionType):
-        if value.lower() in ("none", "null") and type(None) in args:
+        if value is None or (text and value.lower() in ("none", "null") and type(None) in args):
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        return _coerce(value, inner[0], where, text)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}={value!r} is not one of {list(args)}")
         return value
     if origin is tuple:
-        items = [v for v in value.split(",") if v]
-        return tuple(_coerce(v, args[0], where) for v in items)
+        items: Any = [v for v in value.split(",") if v] if text else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}={value!r} is not a list")
+        element = args[0] if args[-1] is Ellipsis or len(args) == 1 else Any
+        return tuple(_coerce(v, element, where, text) for v in items)
+    if annotation is Any:
+        return _tuplify(value)
     if annotation is bool:
-        if value.lower() in ("1", "true", "yes"):
+        if isinstance(value, bool):
+            return value
+        if text and value.lower() in ("1", "true", "yes"):
             return True
-        if value.lower() in ("0", "false", "no"):
+        if text and value.lower() in ("0", "false", "no"):
             return False
         raise ConfigError(f"{where}={value!r} is not a boolean (true/false)")
     if annotation in (int, float, str):
+        if not text:
+            if annotation is str:
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where}={value!r} is not a valid str")
+                return value
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric or (annotation is int and value != int(value)):
+                raise ConfigError(f"{where}={value!r} is not a valid {annotation.__name__}")
+            return annotation(value)
         try:
             return annotation(float(value)) if annotation is int and "e" in value.lower() else annotation(value)
         except ValueError:
             raise ConfigError(f"{where}={value!r} is not a valid {annotation.__name__}") from None
     raise ConfigError(f"{where} cannot be set from the command line")
+
+
+def _editable(cfg: Any) -> dict[str, Any]:
+    """`to_dict(cfg)` with derived values (ModelConfig.derived) put back to 0, so that overriding what they
+    derive from (e.g. model.d_model on a preset) derives them again."""
+    data = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        data[f.name] = _editable(value) if dataclasses.is_dataclass(value) else value
+    derived = cfg.derived() if hasattr(cfg, "derived") else {}
+    return data | {name: 0 for name, value in derived.items() if data[name] == value}
+
+
+def _assign(cls: Any, data: dict[str, Any], key: str, value: Any, text: bool) -> None:
+    """Set dotted `key` in the nested dict `data` of config class `cls` to `value`, coerced to its type."""
+    node = data
+    path = key.split(".")
+    for depth, name in enumerate(path):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}; {cls.__name__} has: {', '.join(names)}")
+        annotation = typing.get_type_hints(cls)[name]
+        if depth == len(path) - 1:
+            if dataclasses.is_dataclass(annotation):
+                raise ConfigError(f"config key {key!r} is a section; set its fields ({key}.<field>)")
+            node[name] = _coerce(value, annotation, key, text)
+        elif not dataclasses.is_dataclass(annotation):
+            raise ConfigError(f"config key {key!r}: {name} is not a section")
+        else:
+            cls, node = annotation, node[name]
 
 
 def override(cfg: Any, assignments: list[str] | tuple[str, ...]) -> Any:
@@ -317,24 +447,36 @@ def override(cfg: Any, assignments: list[str] | tuple[str, ...]) -> Any:
     All assignments are applied before anything is validated, so their order never matters
     (`seq_len=512 model.n_ctx=512` works either way round).
     """
-    data = to_dict(cfg)
+    pairs = []
     for assignment in assignments:
         if "=" not in assignment:
             raise ConfigError(f"override {assignment!r} is not of the form key=value")
         key, value = (part.strip() for part in assignment.split("=", 1))
-        cls, node = type(cfg), data
-        path = key.split(".")
-        for depth, name in enumerate(path):
-            names = [f.name for f in dataclasses.fields(cls)]
-            if name not in names:
-                raise ConfigError(f"unknown config key {key!r}; {cls.__name__} has: {', '.join(names)}")
-            annotation = typing.get_type_hints(cls)[name]
-            if depth == len(path) - 1:
-                node[name] = _coerce(value, annotation, key)
-            elif not dataclasses.is_dataclass(annotation):
-                raise ConfigError(f"config key {key!r}: {name} is not a section")
-            else:
-                cls, node = annotation, node[name]
+        pairs.append((key, value))
+    return _apply(cfg, pairs, text=True)
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested table ({"optim": {"learning_rate": 3e-3}}) as dotted (key, value) pairs."""
+    pairs = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            pairs += flatten(value, f"{prefix}{key}.")
+        else:
+            pairs.append((prefix + key, value))
+    return pairs
+
+
+def apply_table(cfg: Any, table: Mapping[str, Any]) -> Any:
+    """Return `cfg` with a nested table of typed values applied (a sweep file's `[base]`, e.g.
+    `[base.optim] learning_rate = 3e-3`)."""
+    return _apply(cfg, flatten(table), text=False)
+
+
+def _apply(cfg: Any, pairs: list[tuple[str, Any]], text: bool) -> Any:
+    data = _editable(cfg)
+    for key, value in pairs:
+        _assign(type(cfg), data, key, value, text)
     return from_dict(type(cfg), data)
 
 
@@ -342,7 +484,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
+def from_dict(cls: Any, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass from `to_dict` output, e.g. a run's config.json."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -367,5 +509,26 @@ def dumps(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-__all__ = ["ConfigError", "ModelConfig", "MeshConfig", "OptimConfig", "DataConfig", "RunConfig", "DEFAULT_RULES", "PRESETS", "get_preset", "override", "to_dict", "from_dict",
-           "dumps"]
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DEFAULT_RULES",
+    "DataConfig",
+    "FewShotConfig",
+    "HeldOutConfig",
+    "LoggingConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PRESETS",
+    "RunConfig",
+    "apply_table",
+    "changed_fields",
+    "dumps",
+    "flatten",
+    "from_dict",
+    "get_preset",
+    "override",
+    "resumable",
+    "to_dict",
+]

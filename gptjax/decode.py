@@ -27,7 +27,9 @@ Method = Literal["greedy", "sample", "beam"]
 
 
 class Vocabulary(Protocol):
-    """What `generate_text` needs from a tokenizer (seqio vocabularies fit)."""
+    """What `generate_text` needs from a tokenizer (seqio vocabularies fit; it must be hashable)."""
+
+    def __hash__(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -42,12 +44,11 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray,
     """Prompts right-aligned in a [batch, length] int32 array (pad id 0), and their lengths."""
     tokens = np.zeros((len(prompts), length), np.int32)
     for row, prompt in enumerate(prompts):
-        tokens[row, length - len(prompt):] = prompt
+        tokens[row, length - len(prompt) :] = prompt
     return tokens, np.array([len(p) for p in prompts], np.int32)
 
 
-def prefill(params: Params, cfg: ModelConfig, tokens: Array, lengths: Array,
-            cache_length: int) -> tuple[Array, Cache]:
+def prefill(params: Params, cfg: ModelConfig, tokens: Array, lengths: Array, cache_length: int) -> tuple[Array, Cache]:
     """Run left-padded prompts through a fresh `cache_length`-slot cache: (logits for every slot, cache)."""
     pad = tokens.shape[1] - lengths
     slots = jnp.arange(tokens.shape[1])[None]
@@ -57,11 +58,11 @@ def prefill(params: Params, cfg: ModelConfig, tokens: Array, lengths: Array,
     return forward_with_cache(params, tokens, cache, cfg, positions=positions, segment_ids=segment_ids)
 
 
-def decode_step(params: Params, cfg: ModelConfig, tokens: Array, positions: Array,
-                cache: Cache) -> tuple[Array, Cache]:
+def decode_step(params: Params, cfg: ModelConfig, tokens: Array, positions: Array, cache: Cache) -> tuple[Array, Cache]:
     """Feed one token per row ([batch] ids at [batch] positions): (next-token logits [batch, vocab], cache)."""
-    logits, cache = forward_with_cache(params, tokens[:, None], cache, cfg, positions=positions[:, None],
-                                       segment_ids=jnp.ones_like(tokens[:, None]))
+    logits, cache = forward_with_cache(
+        params, tokens[:, None], cache, cfg, positions=positions[:, None], segment_ids=jnp.ones_like(tokens[:, None])
+    )
     return logits[:, 0], cache
 
 
@@ -106,8 +107,9 @@ def _stop_length(window: Array, table: Array, table_lengths: Array) -> Array:
     return jnp.max(jnp.where(hit, table_lengths, 0), axis=-1)
 
 
-def _prefill_all_but_last(params: Params, cfg: ModelConfig, tokens: Array, lengths: Array,
-                          max_new_tokens: int) -> Cache:
+def _prefill_all_but_last(
+    params: Params, cfg: ModelConfig, tokens: Array, lengths: Array, max_new_tokens: int
+) -> Cache:
     """Cache holding all prompt tokens but the last, which the loop's first step feeds.
 
     Only one position's logits are ever needed, and the prefill's unused [batch, length, vocab] logits are
@@ -118,9 +120,21 @@ def _prefill_all_but_last(params: Params, cfg: ModelConfig, tokens: Array, lengt
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sample", "top_k", "top_p"))
-def _sample_loop(params: Params, tokens: Array, lengths: Array, stop_table: Array, stop_lengths: Array,
-                 rng: Array | None, temperature: Array, *, cfg: ModelConfig, max_new_tokens: int, sample: bool,
-                 top_k: int | None, top_p: float | None) -> tuple[Array, Array, Array]:
+def _sample_loop(
+    params: Params,
+    tokens: Array,
+    lengths: Array,
+    stop_table: Array,
+    stop_lengths: Array,
+    rng: Array | None,
+    temperature: Array,
+    *,
+    cfg: ModelConfig,
+    max_new_tokens: int,
+    sample: bool,
+    top_k: int | None,
+    top_p: float | None,
+) -> tuple[Array, Array, Array]:
     batch = tokens.shape[0]
 
     def choose(logits: Array, t: Array) -> Array:
@@ -131,6 +145,7 @@ def _sample_loop(params: Params, tokens: Array, lengths: Array, stop_table: Arra
             logits = top_k_filter(logits, top_k)
         if top_p is not None:
             logits = top_p_filter(logits, top_p)
+        assert rng is not None, "sampling needs a key (generate checks this)"
         return jax.random.categorical(jax.random.fold_in(rng, t), logits).astype(jnp.int32)
 
     def step(state: dict[str, Any]) -> dict[str, Any]:
@@ -140,29 +155,53 @@ def _sample_loop(params: Params, tokens: Array, lengths: Array, stop_table: Arra
         window = jnp.concatenate([state["window"][:, 1:], token[:, None]], axis=1)
         stop = _stop_length(window, stop_table, stop_lengths)
         newly_done = ~done & ((stop > 0) | (t + 1 == max_new_tokens))
-        return {"t": t + 1, "last": token, "cache": cache, "window": window, "done": done | newly_done,
-                "tokens": state["tokens"].at[:, t].set(token),
-                "n_keep": jnp.where(newly_done, t + 1 - stop, state["n_keep"]),
-                "n_total": jnp.where(newly_done, t + 1, state["n_total"])}
+        return {
+            "t": t + 1,
+            "last": token,
+            "cache": cache,
+            "window": window,
+            "done": done | newly_done,
+            "tokens": state["tokens"].at[:, t].set(token),
+            "n_keep": jnp.where(newly_done, t + 1 - stop, state["n_keep"]),
+            "n_total": jnp.where(newly_done, t + 1, state["n_total"]),
+        }
 
     zeros = jnp.zeros((batch,), jnp.int32)
-    state = {"t": jnp.zeros((), jnp.int32), "last": tokens[:, -1],
-             "cache": _prefill_all_but_last(params, cfg, tokens, lengths, max_new_tokens),
-             "window": jnp.full((batch, stop_table.shape[1]), -1, jnp.int32), "done": jnp.zeros((batch,), bool),
-             "tokens": jnp.zeros((batch, max_new_tokens), jnp.int32), "n_keep": zeros, "n_total": zeros}
+    state: dict[str, Any] = {
+        "t": jnp.zeros((), jnp.int32),
+        "last": tokens[:, -1],
+        "cache": _prefill_all_but_last(params, cfg, tokens, lengths, max_new_tokens),
+        "window": jnp.full((batch, stop_table.shape[1]), -1, jnp.int32),
+        "done": jnp.zeros((batch,), bool),
+        "tokens": jnp.zeros((batch, max_new_tokens), jnp.int32),
+        "n_keep": zeros,
+        "n_total": zeros,
+    }
     state = jax.lax.while_loop(lambda s: ~jnp.all(s["done"]), step, state)
     return state["tokens"], state["n_keep"], state["n_total"]
 
 
 def _reorder(cache: Cache, rows: Array) -> Cache:
-    return {**cache, "segment_ids": cache["segment_ids"][rows],
-            "layers": jax.tree.map(lambda x: x[rows], cache["layers"])}
+    return {
+        **cache,
+        "segment_ids": cache["segment_ids"][rows],
+        "layers": jax.tree.map(lambda x: x[rows], cache["layers"]),
+    }
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "num_beams"))
-def _beam_loop(params: Params, tokens: Array, lengths: Array, stop_table: Array, stop_lengths: Array,
-               length_penalty: Array, *, cfg: ModelConfig, max_new_tokens: int,
-               num_beams: int) -> tuple[Array, Array, Array]:
+def _beam_loop(
+    params: Params,
+    tokens: Array,
+    lengths: Array,
+    stop_table: Array,
+    stop_lengths: Array,
+    length_penalty: Array,
+    *,
+    cfg: ModelConfig,
+    max_new_tokens: int,
+    num_beams: int,
+) -> tuple[Array, Array, Array]:
     """Beam search keeping `num_beams` alive and `num_beams` finished hypotheses per row.
 
     Finished hypotheses are ranked by sum(log p) / n_generated ** length_penalty. As in Hugging Face, a
@@ -203,7 +242,8 @@ def _beam_loop(params: Params, tokens: Array, lengths: Array, stop_table: Array,
         alive_score, alive = jax.lax.top_k(jnp.where(finished, -jnp.inf, scores), k)
         best_possible = alive_score[:, 0] / jnp.where(length_penalty > 0, m, t + 1.0) ** length_penalty
         return {
-            "t": t + 1, "alive_score": alive_score,
+            "t": t + 1,
+            "alive_score": alive_score,
             "last": jnp.take_along_axis(token, alive, axis=1).reshape(-1),
             "alive_tokens": jnp.take_along_axis(seqs, alive[..., None], axis=1),
             "window": jnp.take_along_axis(window, alive[..., None], axis=1),
@@ -216,14 +256,19 @@ def _beam_loop(params: Params, tokens: Array, lengths: Array, stop_table: Array,
         }
 
     no_score = jnp.full((batch, k), -jnp.inf)
-    state = {"t": jnp.zeros((), jnp.int32), "last": jnp.repeat(tokens[:, -1], k),
-             "cache": jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache),
-             "alive_score": no_score.at[:, 0].set(0.0),  # all beams start as one: the prompt
-             "alive_tokens": jnp.zeros((batch, k, m), jnp.int32),
-             "window": jnp.full((batch, k, stop_table.shape[1]), -1, jnp.int32),
-             "fin_score": no_score, "fin_tokens": jnp.zeros((batch, k, m), jnp.int32),
-             "fin_keep": jnp.zeros((batch, k), jnp.int32), "fin_total": jnp.zeros((batch, k), jnp.int32),
-             "done": jnp.zeros((batch,), bool)}
+    state = {
+        "t": jnp.zeros((), jnp.int32),
+        "last": jnp.repeat(tokens[:, -1], k),
+        "cache": jax.tree.map(lambda x: jnp.repeat(x, k, axis=0) if x.ndim else x, cache),
+        "alive_score": no_score.at[:, 0].set(0.0),  # all beams start as one: the prompt
+        "alive_tokens": jnp.zeros((batch, k, m), jnp.int32),
+        "window": jnp.full((batch, k, stop_table.shape[1]), -1, jnp.int32),
+        "fin_score": no_score,
+        "fin_tokens": jnp.zeros((batch, k, m), jnp.int32),
+        "fin_keep": jnp.zeros((batch, k), jnp.int32),
+        "fin_total": jnp.zeros((batch, k), jnp.int32),
+        "done": jnp.zeros((batch,), bool),
+    }
     state = jax.lax.while_loop(lambda s: ~jnp.all(s["done"]), step, state)
     return state["fin_tokens"][:, 0], state["fin_keep"][:, 0], state["fin_total"][:, 0]
 
@@ -246,11 +291,25 @@ def _bucket(n: int) -> int:
     return max(4, 1 << (n - 1).bit_length())
 
 
-def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             method: Method = "greedy", temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, num_beams: int = 1, length_penalty: float = 0.0,
-             stop_sequences: Sequence[Sequence[int]] = (), eos_id: int | None = None, rng: Array | None = None,
-             include_stop: bool = False, left_truncate: bool = False, pad_multiple: int = 64) -> list[list[int]]:
+def generate(
+    params: Params,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    method: Method = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_beams: int = 1,
+    length_penalty: float = 0.0,
+    stop_sequences: Sequence[Sequence[int]] = (),
+    eos_id: int | None = None,
+    rng: Array | None = None,
+    include_stop: bool = False,
+    left_truncate: bool = False,
+    pad_multiple: int = 64,
+) -> list[list[int]]:
     """The new tokens for each prompt, at most `max_new_tokens` of them.
 
     A row stops when its generated tokens end with one of `stop_sequences` (or with `eos_id`, a one-token
@@ -264,8 +323,10 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     if method not in ("greedy", "sample", "beam"):
         raise ValueError(f"method={method!r}; valid methods are 'greedy', 'sample', 'beam'")
     if method != "sample" and (top_k is not None or top_p is not None or temperature != 1.0):
-        raise ValueError(f"temperature/top_k/top_p only apply to method='sample', got method={method!r} with "
-                         f"temperature={temperature}, top_k={top_k}, top_p={top_p}")
+        raise ValueError(
+            f"temperature/top_k/top_p only apply to method='sample', got method={method!r} with "
+            f"temperature={temperature}, top_k={top_k}, top_p={top_p}"
+        )
     if method == "sample":
         if rng is None:
             raise ValueError("method='sample' needs an explicit PRNG key: rng=jax.random.key(seed)")
@@ -298,7 +359,8 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
             raise ValueError(
                 f"prompt {longest} has {len(prompts[longest])} tokens; with max_new_tokens={max_new_tokens} that "
                 f"needs {len(prompts[longest]) + max_new_tokens} positions but n_ctx={cfg.n_ctx} (pass "
-                f"left_truncate=True to keep the last {room} tokens of long prompts)")
+                f"left_truncate=True to keep the last {room} tokens of long prompts)"
+            )
         prompts = [p[-room:] for p in prompts]
     length = min(-(-max(len(p) for p in prompts) // pad_multiple) * pad_multiple, room)
     tokens, lengths = left_pad(prompts, length)
@@ -308,18 +370,36 @@ def generate(params: Params, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     stop_table = np.full((_bucket(len(stops)), width), -1, np.int32)
     stop_lengths = np.zeros((len(stop_table),), np.int32)
     for i, stop in enumerate(stops):
-        stop_table[i, width - len(stop):] = stop
+        stop_table[i, width - len(stop) :] = stop
         stop_lengths[i] = len(stop)
 
     if method == "beam":
-        out, n_keep, n_total = _beam_loop(params, tokens, lengths, stop_table, stop_lengths,
-                                          jnp.float32(length_penalty), cfg=cfg, max_new_tokens=max_new_tokens,
-                                          num_beams=num_beams)
+        out, n_keep, n_total = _beam_loop(
+            params,
+            tokens,
+            lengths,
+            stop_table,
+            stop_lengths,
+            jnp.float32(length_penalty),
+            cfg=cfg,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+        )
     else:
-        out, n_keep, n_total = _sample_loop(params, tokens, lengths, stop_table, stop_lengths,
-                                            rng if method == "sample" else None,
-                                            jnp.float32(temperature), cfg=cfg, max_new_tokens=max_new_tokens,
-                                            sample=method == "sample", top_k=top_k, top_p=top_p)
+        out, n_keep, n_total = _sample_loop(
+            params,
+            tokens,
+            lengths,
+            stop_table,
+            stop_lengths,
+            rng if method == "sample" else None,
+            jnp.float32(temperature),
+            cfg=cfg,
+            max_new_tokens=max_new_tokens,
+            sample=method == "sample",
+            top_k=top_k,
+            top_p=top_p,
+        )
     ends = np.asarray(n_total if include_stop else n_keep)
     return [row[:n].tolist() for row, n in zip(np.asarray(out), ends)]
 
@@ -329,9 +409,17 @@ def _token_texts(vocab: Vocabulary, size: int) -> tuple[str, ...]:
     return tuple(vocab.decode([i]) for i in range(size))
 
 
-def generate_text(params: Params, cfg: ModelConfig, vocab: Vocabulary, contexts: Sequence[str], *,
-                  max_new_tokens: int, until: Sequence[str] = (), eos_id: int | None = None,
-                  **kwargs: Any) -> list[str]:
+def generate_text(
+    params: Params,
+    cfg: ModelConfig,
+    vocab: Vocabulary,
+    contexts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    until: Sequence[str] = (),
+    eos_id: int | None = None,
+    **kwargs: Any,
+) -> list[str]:
     """lm-eval-style generation: each context's continuation, cut before the first occurrence of any `until`.
 
     Stop strings are matched on the decoded text, so one inside a merged token ("\\n\\n" for "\\n") or
@@ -344,16 +432,32 @@ def generate_text(params: Params, cfg: ModelConfig, vocab: Vocabulary, contexts:
     texts = _token_texts(vocab, min(cfg.vocab_size, getattr(vocab, "vocab_size", cfg.vocab_size)))
     stops = [vocab.encode(s) for s in until]
     stops += [[i] for i, text in enumerate(texts) if any(s in text for s in until)]
-    outputs = generate(params, cfg, [vocab.encode(c) for c in contexts], max_new_tokens=max_new_tokens,
-                       stop_sequences=[s for s in stops if s], eos_id=eos_id, include_stop=True, **kwargs)
+    outputs = generate(
+        params,
+        cfg,
+        [vocab.encode(c) for c in contexts],
+        max_new_tokens=max_new_tokens,
+        stop_sequences=[s for s in stops if s],
+        eos_id=eos_id,
+        include_stop=True,
+        **kwargs,
+    )
     results = []
     for ids in outputs:
         if eos_id is not None and ids and ids[-1] == eos_id:
             ids = ids[:-1]
         text = vocab.decode(ids)
-        results.append(text[:min([text.find(s) for s in until if s in text], default=len(text))])
+        results.append(text[: min([text.find(s) for s in until if s in text], default=len(text))])
     return results
 
 
-__all__ = ["Vocabulary", "left_pad", "prefill", "decode_step", "top_k_filter", "top_p_filter", "generate",
-           "generate_text"]
+__all__ = [
+    "Vocabulary",
+    "left_pad",
+    "prefill",
+    "decode_step",
+    "top_k_filter",
+    "top_p_filter",
+    "generate",
+    "generate_text",
+]

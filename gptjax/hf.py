@@ -19,6 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from gptjax.config import ConfigError, ModelConfig
+from gptjax.errors import InputNotFoundError
 from gptjax.model import Params, abstract_params
 
 PREFIX = "transformer."  # GPT2LMHeadModel's body; bare GPT2Model checkpoints (e.g. OpenAI's) omit it
@@ -31,9 +32,17 @@ TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python_tanh", 
 _BUFFER = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)")
 # GPT2Config defaults, for the optional fields older config.json files leave out.
 _HF_DEFAULTS: dict[str, Any] = {
-    "model_type": "gpt2", "n_inner": None, "activation_function": "gelu_new", "resid_pdrop": 0.1,
-    "embd_pdrop": 0.1, "attn_pdrop": 0.1, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-    "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+    "model_type": "gpt2",
+    "n_inner": None,
+    "activation_function": "gelu_new",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
     "tie_word_embeddings": True,
 }
 # HF name of each tokenizer file, and the names it may have in the source dir (HF's, then OpenAI's).
@@ -46,19 +55,35 @@ def config_from_hf(hf: dict[str, Any], name: str) -> ModelConfig:
     if missing:
         raise ConfigError(f"{name}: config.json lacks {missing}")
     hf = _HF_DEFAULTS | hf
-    required = {"model_type": "gpt2", "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-                "add_cross_attention": False}
+    required = {
+        "model_type": "gpt2",
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "add_cross_attention": False,
+    }
     problems = [f"{k}={hf[k]!r} (gptjax needs {v!r})" for k, v in required.items() if hf[k] != v]
     if hf["activation_function"] not in TANH_GELUS:
-        problems.append(f"activation_function={hf['activation_function']!r} (gptjax's MLP is the tanh GELU: "
-                        f"one of {list(TANH_GELUS)})")
+        problems.append(
+            f"activation_function={hf['activation_function']!r} (gptjax's MLP is the tanh GELU: "
+            f"one of {list(TANH_GELUS)})"
+        )
     if problems:
         raise ConfigError(f"{name}: config.json cannot be imported: {'; '.join(problems)}")
     return ModelConfig(
-        name=name, vocab_size=hf["vocab_size"], n_ctx=hf["n_positions"], n_layer=hf["n_layer"],
-        n_head=hf["n_head"], d_model=hf["n_embd"], d_ff=hf["n_inner"], norm="pre", final_norm=True,
-        tie_embeddings=hf["tie_word_embeddings"], init_std=hf["initializer_range"],
-        layer_norm_eps=hf["layer_norm_epsilon"], embd_dropout=hf["embd_pdrop"], attn_dropout=hf["attn_pdrop"],
+        name=name,
+        vocab_size=hf["vocab_size"],
+        n_ctx=hf["n_positions"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        d_model=hf["n_embd"],
+        d_ff=hf["n_inner"] or 0,
+        norm="pre",
+        final_norm=True,
+        tie_embeddings=hf["tie_word_embeddings"],
+        init_std=hf["initializer_range"],
+        layer_norm_eps=hf["layer_norm_epsilon"],
+        embd_dropout=hf["embd_pdrop"],
+        attn_dropout=hf["attn_pdrop"],
         resid_dropout=hf["resid_pdrop"],
     )
 
@@ -73,19 +98,35 @@ def config_to_hf(cfg: ModelConfig, eos_token_id: int | None) -> dict[str, Any]:
     if "banded" in cfg.attention_pattern:
         problems.append(f"model.attention_pattern={cfg.attention_pattern} (GPT-2 attention is dense only)")
     if cfg.d_attn != cfg.d_model:
-        problems.append(f"model.d_head={cfg.d_head} gives n_head*d_head={cfg.d_attn} != "
-                        f"d_model={cfg.d_model} (GPT-2 ties the attention width to n_embd)")
+        problems.append(
+            f"model.d_head={cfg.d_head} gives n_head*d_head={cfg.d_attn} != "
+            f"d_model={cfg.d_model} (GPT-2 ties the attention width to n_embd)"
+        )
     if problems:
         raise ConfigError(f"{cfg.name} cannot be exported as GPT-2: {'; '.join(problems)}")
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "dtype": "float32",
-        "vocab_size": cfg.vocab_size, "n_positions": cfg.n_ctx, "n_embd": cfg.d_model, "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head, "n_inner": None if cfg.d_mlp == 4 * cfg.d_model else cfg.d_mlp,
-        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
-        "initializer_range": cfg.init_std, "embd_pdrop": cfg.embd_dropout, "attn_pdrop": cfg.attn_dropout,
-        "resid_pdrop": cfg.resid_dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "add_cross_attention": False,
-        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "dtype": "float32",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_ctx,
+        "n_embd": cfg.d_model,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None if cfg.d_ff == 4 * cfg.d_model else cfg.d_ff,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": cfg.layer_norm_eps,
+        "initializer_range": cfg.init_std,
+        "embd_pdrop": cfg.embd_dropout,
+        "attn_pdrop": cfg.attn_dropout,
+        "resid_pdrop": cfg.resid_dropout,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
     }
 
 
@@ -115,8 +156,10 @@ def _to_hf(params: Params, cfg: ModelConfig, xp: Any = np) -> dict[str, Any]:
             p + "attn.c_attn.bias": xp.concatenate([attn[f"{n}_bias"].reshape(-1) for n in QKV]),
             p + "attn.c_proj.weight": attn["out_kernel"].reshape(-1, d),
             p + "attn.c_proj.bias": attn["out_bias"],
-            p + "mlp.c_fc.weight": mlp["fc_kernel"], p + "mlp.c_fc.bias": mlp["fc_bias"],
-            p + "mlp.c_proj.weight": mlp["proj_kernel"], p + "mlp.c_proj.bias": mlp["proj_bias"],
+            p + "mlp.c_fc.weight": mlp["fc_kernel"],
+            p + "mlp.c_fc.bias": mlp["fc_bias"],
+            p + "mlp.c_proj.weight": mlp["proj_kernel"],
+            p + "mlp.c_proj.bias": mlp["proj_bias"],
         }
     out |= _ln_to_hf(params["ln_f"], "ln_f")
     if not cfg.tie_embeddings:
@@ -130,19 +173,27 @@ def _ln_from_hf(t: dict[str, np.ndarray], name: str) -> Params:
 
 def _from_hf(t: dict[str, np.ndarray], cfg: ModelConfig) -> Params:
     """GPT2LMHeadModel state dict (already shape-checked) -> gptjax params; the inverse of `_to_hf`."""
-    d, h, k = cfg.d_model, cfg.n_head, cfg.head_dim
+    d, h, k = cfg.d_model, cfg.n_head, cfg.d_head
     params: dict[str, Any] = {"wte": t[f"{PREFIX}wte.weight"], "wpe": t[f"{PREFIX}wpe.weight"]}
     for i in range(cfg.n_layer):
         p = f"{PREFIX}h.{i}."
         weights = np.split(t[p + "attn.c_attn.weight"], 3, axis=1)
         biases = np.split(t[p + "attn.c_attn.bias"], 3)
-        attn = {f"{n}_kernel": w.reshape(d, h, k) for n, w in zip(QKV, weights)}
+        attn: dict[str, np.ndarray] = {f"{n}_kernel": w.reshape(d, h, k) for n, w in zip(QKV, weights)}
         attn |= {f"{n}_bias": b.reshape(h, k) for n, b in zip(QKV, biases)}
         attn |= {"out_kernel": t[p + "attn.c_proj.weight"].reshape(h, k, d), "out_bias": t[p + "attn.c_proj.bias"]}
-        mlp = {"fc_kernel": t[p + "mlp.c_fc.weight"], "fc_bias": t[p + "mlp.c_fc.bias"],
-               "proj_kernel": t[p + "mlp.c_proj.weight"], "proj_bias": t[p + "mlp.c_proj.bias"]}
-        params[f"h_{i}"] = {"ln_1": _ln_from_hf(t, f"h.{i}.ln_1"), "attn": attn,
-                            "ln_2": _ln_from_hf(t, f"h.{i}.ln_2"), "mlp": mlp}
+        mlp = {
+            "fc_kernel": t[p + "mlp.c_fc.weight"],
+            "fc_bias": t[p + "mlp.c_fc.bias"],
+            "proj_kernel": t[p + "mlp.c_proj.weight"],
+            "proj_bias": t[p + "mlp.c_proj.bias"],
+        }
+        params[f"h_{i}"] = {
+            "ln_1": _ln_from_hf(t, f"h.{i}.ln_1"),
+            "attn": attn,
+            "ln_2": _ln_from_hf(t, f"h.{i}.ln_2"),
+            "mlp": mlp,
+        }
     params["ln_f"] = _ln_from_hf(t, "ln_f")
     if not cfg.tie_embeddings:
         params["lm_head"] = t[LM_HEAD].T
@@ -178,7 +229,7 @@ def _raise_shape_problems(problems: list[str], what: str) -> None:
 
 def _read_json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise InputNotFoundError(f"{path} does not exist")
     return json.loads(path.read_text())
 
 
@@ -191,14 +242,17 @@ def _read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
         files = sorted({model_dir / f for f in _read_json(index)["weight_map"].values()})
     else:
         found = sorted(p.name for p in model_dir.iterdir())
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{model_dir} has no model.safetensors (files: {found}); gptjax reads only safetensors and never "
             "unpickles pytorch_model.bin. Convert it once in a trusted environment with "
-            "GPT2LMHeadModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)")
-    tensors = {}
+            "GPT2LMHeadModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
+        )
+    tensors: dict[str, np.ndarray] = {}
     for file in files:
-        tensors |= {key if key == LM_HEAD or key.startswith(PREFIX) else PREFIX + key: value
-                    for key, value in load_file(file).items()}
+        tensors |= {
+            key if key == LM_HEAD or key.startswith(PREFIX) else PREFIX + key: value
+            for key, value in load_file(file).items()
+        }
     return tensors
 
 
@@ -206,7 +260,7 @@ def import_hf(model_dir: str | Path) -> tuple[ModelConfig, Params]:
     """Read a Hugging Face GPT-2 dir (`config.json` + `model.safetensors`) as (config, fp32 numpy params)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"Hugging Face model dir {model_dir} does not exist")
+        raise InputNotFoundError(f"Hugging Face model dir {model_dir} does not exist")
     cfg = config_from_hf(_read_json(model_dir / "config.json"), name=f"hf:{model_dir.resolve().name}")
     tensors = _read_tensors(model_dir)
     # Tied checkpoints may still carry lm_head.weight; transformers overwrites it with wte, so do we.
@@ -221,13 +275,12 @@ def _tokenizer_files(tokenizer_dir: Path) -> dict[str, Path]:
     for target, names in _TOKENIZER_FILES.items():
         found = [tokenizer_dir / n for n in names if (tokenizer_dir / n).is_file()]
         if not found:
-            raise FileNotFoundError(f"GPT-2 BPE tokenizer dir {tokenizer_dir} has none of {list(names)}")
+            raise InputNotFoundError(f"GPT-2 BPE tokenizer dir {tokenizer_dir} has none of {list(names)}")
         files[target] = found[0]
     return files
 
 
-def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
-              tokenizer_dir: str | Path | None = None) -> Path:
+def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     """Write `out_dir` so that `GPT2LMHeadModel.from_pretrained(out_dir)` loads `params` exactly.
 
     With `tokenizer_dir` (a GPT-2 BPE dir, HF `vocab.json`/`merges.txt` or OpenAI `encoder.json`/`vocab.bpe`),
@@ -240,12 +293,16 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path,
         tokenizer = _tokenizer_files(Path(tokenizer_dir))
         vocab = _read_json(tokenizer["vocab.json"])
         if max(vocab.values()) >= cfg.vocab_size:
-            raise ConfigError(f"tokenizer {tokenizer['vocab.json']} has token ids up to {max(vocab.values())}, "
-                              f"outside model.vocab_size={cfg.vocab_size}")
+            raise ConfigError(
+                f"tokenizer {tokenizer['vocab.json']} has token ids up to {max(vocab.values())}, "
+                f"outside model.vocab_size={cfg.vocab_size}"
+            )
         eos = vocab.get("<|endoftext|>")
     hf_config = config_to_hf(cfg, eos)
-    _raise_shape_problems(_shape_problems(_param_shapes(abstract_params(cfg)), _param_shapes(params)),
-                          f"params do not match config {cfg.name}")
+    _raise_shape_problems(
+        _shape_problems(_param_shapes(abstract_params(cfg)), _param_shapes(params)),
+        f"params do not match config {cfg.name}",
+    )
 
     tensors = {k: np.ascontiguousarray(v) for k, v in _to_hf(params, cfg).items()}  # save_file needs contiguous
     out_dir = Path(out_dir)

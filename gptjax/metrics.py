@@ -18,14 +18,17 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import jax
 import jax.numpy as jnp
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 from gptjax import model
-from gptjax.config import ConfigError, RunConfig
+from gptjax.config import RunConfig
+from gptjax.errors import ConfigError
+from gptjax.rundir import PathLike, RunDir, as_path, write_atomic
 
 PeakSource = Literal["table", "measured", "override"]
 
@@ -62,8 +65,9 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 _BY_LOWER = {kind.lower(): peaks for kind, peaks in PEAK_FLOPS.items()}
 
 
-def measure_matmul_peak(n: int = 1024, dtype: Any = jnp.float32, seconds: float = 0.5,
-                        device: jax.Device | None = None) -> float:
+def measure_matmul_peak(
+    n: int = 1024, dtype: Any = jnp.float32, seconds: float = 0.5, device: jax.Device | None = None
+) -> float:
     """FLOP/s of a jitted n x n matmul on one local device: the median of >= 3 timed runs after warm-up.
 
     On CPU no published peak fits the host, so this is what MFU is measured against; repeats continue
@@ -83,7 +87,7 @@ def measure_matmul_peak(n: int = 1024, dtype: Any = jnp.float32, seconds: float 
     return 2.0 * n**3 / statistics.median(times)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured_cpu_peak(dtype: str) -> float:
     # Emulated host devices (--xla_force_host_platform_device_count) share one set of cores.
     return measure_matmul_peak(dtype=dtype) / jax.local_device_count()
@@ -91,7 +95,7 @@ def _measured_cpu_peak(dtype: str) -> float:
 
 def _peak(device_kind: str, dtype: Any, override: float) -> tuple[float, PeakSource]:
     if override < 0:
-        raise ConfigError(f"peak_flops_per_device must be positive (or 0 = automatic), got {override}")
+        raise ConfigError(f"logging.peak_flops_per_device must be positive (or 0 = automatic), got {override}")
     if override > 0:
         return override, "override"
     name = jnp.dtype(dtype).name
@@ -100,13 +104,13 @@ def _peak(device_kind: str, dtype: Any, override: float) -> tuple[float, PeakSou
     peaks = _BY_LOWER.get(device_kind.lower())
     if peaks is None:
         raise ConfigError(
-            f"no peak FLOP/s known for device kind {device_kind!r}; set peak_flops_per_device=<dense "
+            f"no peak FLOP/s known for device kind {device_kind!r}; set logging.peak_flops_per_device=<dense "
             f"{name} FLOP/s of one device> in the run config. Known kinds: {', '.join(PEAK_FLOPS)}"
         )
     if name not in peaks:
         raise ConfigError(
             f"no {name} peak known for device kind {device_kind!r} (known: {', '.join(peaks)}); "
-            f"set peak_flops_per_device=<dense {name} FLOP/s of one device> in the run config"
+            f"set logging.peak_flops_per_device=<dense {name} FLOP/s of one device> in the run config"
         )
     return peaks[name], "table"
 
@@ -154,11 +158,16 @@ class Throughput:
     @classmethod
     def for_run(cls, run: RunConfig, device_kind: str, n_devices: int) -> Throughput:
         """The run's constants on `n_devices` devices of `device_kind` (peak per `peak_flops_per_device`)."""
-        peak, source = _peak(device_kind, run.model.dtype, run.peak_flops_per_device)
-        return cls(tokens_per_step=run.batch_size * run.sequence_length,
-                   flops_per_token=model.flops_per_token(run.model, run.sequence_length), n_devices=n_devices,
-                   peak_flops_per_device=peak, device_kind=device_kind, dtype=run.model.dtype,
-                   peak_source=source)
+        peak, source = _peak(device_kind, run.model.dtype, run.logging.peak_flops_per_device)
+        return cls(
+            tokens_per_step=run.batch_size * run.sequence_length,
+            flops_per_token=model.flops_per_token(run.model, run.sequence_length),
+            n_devices=n_devices,
+            peak_flops_per_device=peak,
+            device_kind=device_kind,
+            dtype=run.model.dtype,
+            peak_source=source,
+        )
 
     def measure(self, step: int, steps: int, seconds: float) -> StepMetrics:
         """Metrics for `steps` optimizer steps that took `seconds`, ending after step number `step`."""
@@ -167,9 +176,13 @@ class Throughput:
         tokens_per_s = steps * self.tokens_per_step / seconds
         flops_per_s_per_device = tokens_per_s * self.flops_per_token / self.n_devices
         tokens_seen = step * self.tokens_per_step
-        return StepMetrics(tokens_per_s=tokens_per_s, tflops_per_device=flops_per_s_per_device / 1e12,
-                           mfu=flops_per_s_per_device / self.peak_flops_per_device, tokens_seen=tokens_seen,
-                           flops_seen=tokens_seen * self.flops_per_token)
+        return StepMetrics(
+            tokens_per_s=tokens_per_s,
+            tflops_per_device=flops_per_s_per_device / 1e12,
+            mfu=flops_per_s_per_device / self.peak_flops_per_device,
+            tokens_seen=tokens_seen,
+            flops_seen=tokens_seen * self.flops_per_token,
+        )
 
     def metadata(self) -> dict[str, Any]:
         """What a reader needs to interpret the MFU numbers, including the FLOP-counting convention."""
@@ -192,10 +205,10 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_metrics(path: PathLike) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; a torn last line (a crash mid-write) is skipped."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in as_path(path).read_text().splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -203,21 +216,15 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half of one
-
-
 class JsonlSink:
     """One JSON object per `write` ({"step", "time", **scalars}), appended and flushed line by line."""
 
-    def __init__(self, path: str | os.PathLike[str], start_step: int = 0):
-        self.path = Path(path)
+    def __init__(self, path: PathLike, start_step: int = 0):
+        self.path = as_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
-            _replace_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a")
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -232,13 +239,12 @@ class JsonlSink:
 class TensorBoardSink:
     """Scalars to a tensorboardX event file in `logdir`; TensorBoard hides the previous attempt's steps."""
 
-    def __init__(self, logdir: str | os.PathLike[str], start_step: int = 0):
-        from tensorboardX import SummaryWriter  # imported here: only the writer process needs it
-
+    def __init__(self, logdir: PathLike, start_step: int = 0):
         # Event files are named by the second they were opened in; the suffix keeps a quick restart from
         # overwriting the previous attempt's file.
-        self._writer = SummaryWriter(str(logdir), purge_step=start_step + 1,
-                                     filename_suffix=f".{os.getpid()}.{start_step}")
+        self._writer = SummaryWriter(
+            os.fspath(logdir), purge_step=start_step + 1, filename_suffix=f".{os.getpid()}.{start_step}"
+        )
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         for key, value in scalars.items():
@@ -255,8 +261,6 @@ class ProgressBar:
     _SHOWN = {"loss": ("loss", "{:.4f}"), "tokens_per_s": ("tok/s", "{:,.0f}"), "mfu": ("mfu", "{:.1%}")}
 
     def __init__(self, total_steps: int, start_step: int = 0):
-        from tqdm import tqdm
-
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self._postfix: dict[str, str] = {}
 
@@ -296,39 +300,54 @@ def _writer(is_writer: bool | None) -> bool:
     return jax.process_index() == 0 if is_writer is None else is_writer
 
 
-def open_sinks(run_dir: str | os.PathLike[str], total_steps: int, start_step: int = 0,
-               is_writer: bool | None = None, progress: bool = True) -> MultiSink:
-    """`run_dir/metrics.jsonl`, `run_dir/tb` and (optionally) a progress bar; a no-op off the writer.
+def open_sinks(
+    run_dir: RunDir, total_steps: int, start_step: int = 0, is_writer: bool | None = None, progress: bool = True
+) -> MultiSink:
+    """The run's metrics.jsonl, TensorBoard directory and (optionally) a progress bar; a no-op off the writer.
 
     `is_writer` defaults to "this is process 0", so every host can call this unconditionally.
     """
     if not _writer(is_writer):
         return MultiSink([])
-    run_dir = Path(run_dir)
-    sinks: list[Sink] = [JsonlSink(run_dir / "metrics.jsonl", start_step),
-                         TensorBoardSink(run_dir / "tb", start_step)]
+    sinks: list[Sink] = [
+        JsonlSink(run_dir.metrics_file, start_step),
+        TensorBoardSink(run_dir.tensorboard_dir, start_step),
+    ]
     if progress:
         sinks.append(ProgressBar(total_steps, start_step))
     return MultiSink(sinks)
 
 
-def write_metadata(run_dir: str | os.PathLike[str], metadata: Mapping[str, Any], start_step: int = 0,
-                   is_writer: bool | None = None) -> None:
-    """Record `metadata` (e.g. `Throughput.metadata()`) for the attempt starting at `start_step`.
+def write_metadata(
+    path: PathLike, metadata: Mapping[str, Any], start_step: int = 0, is_writer: bool | None = None
+) -> None:
+    """Record `metadata` (e.g. `Throughput.metadata()`) for the attempt starting at `start_step` in `path`
+    (a run's metrics_meta.json).
 
-    `run_dir/metrics_meta.json` is a list with one entry per (re)start, because a resumed run may land on
-    other hardware; an entry covers the steps after its start_step, up to the next entry's.
+    The file is a list with one entry per (re)start, because a resumed run may land on other hardware; an
+    entry covers the steps after its start_step, up to the next entry's.
     """
     if not _writer(is_writer):
         return
-    path = Path(run_dir) / "metrics_meta.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = as_path(path)
     entries = json.loads(path.read_text()) if path.exists() else []
     entries = [e for e in entries if e["start_step"] < start_step]
     entries.append({"start_step": start_step, **{k: _plain(v) for k, v in metadata.items()}})
-    _replace_text(path, json.dumps(entries, indent=2))
+    write_atomic(path, json.dumps(entries, indent=2))
 
 
-__all__ = ["PEAK_FLOPS", "measure_matmul_peak", "peak_flops_per_device", "StepMetrics", "Throughput", "Sink",
-           "JsonlSink", "TensorBoardSink", "ProgressBar", "MultiSink", "open_sinks", "write_metadata",
-           "read_metrics"]
+__all__ = [
+    "PEAK_FLOPS",
+    "measure_matmul_peak",
+    "peak_flops_per_device",
+    "StepMetrics",
+    "Throughput",
+    "Sink",
+    "JsonlSink",
+    "TensorBoardSink",
+    "ProgressBar",
+    "MultiSink",
+    "open_sinks",
+    "write_metadata",
+    "read_metrics",
+]

@@ -5,14 +5,14 @@ Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `
 the trainer can shard it through a rules table: no mesh axis names appear here.
 
 Layers are a Python loop rather than `nn.scan`: GPT-3's alternating dense/banded layers and GPT-1's
-post-norm stay plain code, per-layer names (`h_0`, `h_1`, ...) map one-to-one onto Hugging Face GPT-2
-checkpoints, and compile time is acceptable for every published depth (the largest, 96 layers, is only
-ever traced abstractly here).
+post-norm stay plain code, and per-layer names (`h_0`, `h_1`, ...) map one-to-one onto Hugging Face GPT-2
+checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ Params = Any  # nested dict of arrays
 Cache = dict[str, Any]
 Blocks = tuple[tuple[int, int, int], ...] | None  # see attention_blocks; None = all keys (decoding)
 
-# Activation logical axes (parameters use the same vocabulary; see sharding.DEFAULT_RULES).
+# Activation logical axes (parameters use the same vocabulary; see gptjax.sharding.DEFAULT_RULES).
 ACT_HIDDEN = ("batch", "length", "act_embed")
 
 
@@ -35,11 +35,18 @@ def _dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def _param(module: nn.Module, name: str, std: float | None, shape: tuple[int, ...],
-           axes: tuple[str | None, ...], dtype: jnp.dtype) -> Array:
+def _param(
+    module: nn.Module,
+    name: str,
+    std: float | None,
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    dtype: jnp.dtype,
+) -> Array:
     """A parameter initialised N(0, std) (or zeros when std is None), carrying logical axis names."""
     init = nn.initializers.zeros if std is None else nn.initializers.normal(std)
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+    # The box only carries the axis names: `param` hands the module the plain array.
+    return typing.cast(Array, module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype))
 
 
 class LayerNorm(nn.Module):
@@ -48,7 +55,9 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d, pdt = self.cfg.d_model, _dtype(self.cfg.param_dtype)
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), pdt)
+        scale = typing.cast(
+            Array, self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,), pdt)
+        )
         bias = _param(self, "bias", None, (d,), ("norm",), pdt)
         x32 = x.astype(jnp.float32)  # statistics in fp32 whatever the compute dtype
         mean = x32.mean(-1, keepdims=True)
@@ -59,11 +68,12 @@ class LayerNorm(nn.Module):
 
 @jax.custom_vjp
 def _materialize_gradient(x: Array) -> Array:
-    """Identity whose gradient is materialised once per block.
+    """Identity whose gradient is materialised once per block (the one CPU-specific piece of the model).
 
     The residual stream's gradient is a running sum over all later layers. Left alone, XLA:CPU fuses that
     sum into every consumer and recomputes it there, so the backward pass grows quadratically with depth
-    (measured on the 4-layer nano benchmark: backward 7x the forward pass; the train step 2.9x faster with this).
+    (bench/README.md, "The CPU gradient barrier", has the measurements). Other backends get an
+    optimization barrier, which their compilers respect.
     """
     return x
 
@@ -74,9 +84,8 @@ def _materialize_gradient_fwd(x: Array) -> tuple[Array, None]:
 
 def _materialize_gradient_bwd(_: None, g: Array) -> tuple[Array]:
     if jax.default_backend() == "cpu":
-        # XLA:CPU removes optimization barriers before fusing, but never fuses a matmul into its
-        # consumers. Multiplying by the identity is exact; in blocks of 16 values it costs 32 FLOPs per
-        # value (a d_model-wide identity would cost 2*d_model^2 per token, ~3% of a layer's training FLOPs).
+        # XLA:CPU removes optimization barriers before fusing, but never fuses a matmul into its consumers.
+        # Multiplying by a 16 x 16 identity block is exact and costs 32 FLOPs per value.
         block = 16 if g.size % 16 == 0 else g.shape[-1]
         return ((g.reshape(-1, block) @ jnp.eye(block, dtype=g.dtype)).reshape(g.shape),)
     return (jax.lax.optimization_barrier(g),)
@@ -93,11 +102,18 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, blocks: Blocks, layer_cache: dict[str, Array] | None,
-                 cache_index: Array | None, deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array,
+        blocks: Blocks,
+        layer_cache: dict[str, Array] | None,
+        cache_index: Array | int | None,
+        deterministic: bool,
+    ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        d, h, k = cfg.d_model, cfg.n_head, cfg.head_dim
+        d, h, k = cfg.d_model, cfg.n_head, cfg.d_head
 
         def project(name: str) -> Array:
             w = _param(self, f"{name}_kernel", cfg.init_std, (d, h, k), ("embed", "heads", "kv"), pdt)
@@ -107,6 +123,7 @@ class Attention(nn.Module):
         q, key, value = project("query"), project("key"), project("value")
         new_cache = None
         if layer_cache is not None:
+            assert cache_index is not None, "a layer cache comes with its write index"
             start = (0, cache_index, 0, 0)
             key = jax.lax.dynamic_update_slice(layer_cache["k"], key.astype(layer_cache["k"].dtype), start)
             value = jax.lax.dynamic_update_slice(layer_cache["v"], value.astype(layer_cache["v"].dtype), start)
@@ -115,8 +132,9 @@ class Attention(nn.Module):
 
         def attend(q_start: int, q_end: int | None, k_start: int) -> Array:
             keys, values = key[:, k_start:q_end], value[:, k_start:q_end]
-            scores = jnp.einsum("bqhk,bshk->bhqs", q[:, q_start:q_end], keys,
-                                preferred_element_type=jnp.float32) / math.sqrt(k)
+            scores = jnp.einsum(
+                "bqhk,bshk->bhqs", q[:, q_start:q_end], keys, preferred_element_type=jnp.float32
+            ) / math.sqrt(k)
             scores = jnp.where(mask[:, None, q_start:q_end, k_start:q_end], scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1)
             probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
@@ -139,9 +157,9 @@ class MLP(nn.Module):
     def __call__(self, x: Array, deterministic: bool) -> Array:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        w1 = _param(self, "fc_kernel", cfg.init_std, (cfg.d_model, cfg.d_mlp), ("embed", "mlp"), pdt)
-        b1 = _param(self, "fc_bias", None, (cfg.d_mlp,), ("mlp",), pdt)
-        w2 = _param(self, "proj_kernel", _residual_std(cfg), (cfg.d_mlp, cfg.d_model), ("mlp", "embed"), pdt)
+        w1 = _param(self, "fc_kernel", cfg.init_std, (cfg.d_model, cfg.d_ff), ("embed", "mlp"), pdt)
+        b1 = _param(self, "fc_bias", None, (cfg.d_ff,), ("mlp",), pdt)
+        w2 = _param(self, "proj_kernel", _residual_std(cfg), (cfg.d_ff, cfg.d_model), ("mlp", "embed"), pdt)
         b2 = _param(self, "proj_bias", None, (cfg.d_model,), ("embed",), pdt)
         hidden = jax.nn.gelu(x @ w1.astype(dt) + b1.astype(dt), approximate=True)  # GPT's tanh GELU
         y = hidden @ w2.astype(dt) + b2.astype(dt)
@@ -152,8 +170,15 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, blocks: Blocks, layer_cache: dict[str, Array] | None,
-                 cache_index: Array | None, deterministic: bool) -> tuple[Array, dict[str, Array] | None]:
+    def __call__(
+        self,
+        x: Array,
+        mask: Array,
+        blocks: Blocks,
+        layer_cache: dict[str, Array] | None,
+        cache_index: Array | int | None,
+        deterministic: bool,
+    ) -> tuple[Array, dict[str, Array] | None]:
         x = _materialize_gradient(nn.with_logical_constraint(x, ACT_HIDDEN))
         attn, mlp = Attention(self.cfg, name="attn"), MLP(self.cfg, name="mlp")
         ln_1, ln_2 = LayerNorm(self.cfg, name="ln_1"), LayerNorm(self.cfg, name="ln_2")
@@ -166,9 +191,15 @@ class Block(nn.Module):
         return ln_2(x + mlp(x, deterministic)), new_cache
 
 
-def attention_masks(cfg: ModelConfig, q_slots: Array, k_slots: Array, q_segments: Array,
-                    k_segments: Array, branch_ids: Array | None = None,
-                    positions: Array | None = None) -> dict[str, Array]:
+def attention_masks(
+    cfg: ModelConfig,
+    q_slots: Array,
+    k_slots: Array,
+    q_segments: Array,
+    k_segments: Array,
+    branch_ids: Array | None = None,
+    positions: Array | None = None,
+) -> dict[str, Array]:
     """Boolean [batch, q, k] masks per attention kind: causal, same segment, and (banded) within the window.
 
     Slots are positions in the (cache) buffer; segments are document ids in packed rows (0 = padding,
@@ -182,6 +213,7 @@ def attention_masks(cfg: ModelConfig, q_slots: Array, k_slots: Array, q_segments
     dense = causal[None] & same_segment
     distance = (q_slots[:, None] - k_slots[None, :])[None]
     if branch_ids is not None:
+        assert positions is not None, "prefix-shared rows need their positions"
         shared_or_own = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
         dense = dense & shared_or_own
         distance = positions[:, :, None] - positions[:, None, :]
@@ -200,18 +232,30 @@ def attention_blocks(cfg: ModelConfig, kind: str, length: int, band_in_slots: bo
     bound is used then.
     """
     size = cfg.attention_block or length
-    return tuple((start, min(start + size, length),
-                  max(0, start - cfg.band_width + 1) if kind == "banded" and band_in_slots else 0)
-                 for start in range(0, length, size))
+    return tuple(
+        (
+            start,
+            min(start + size, length),
+            max(0, start - cfg.band_width + 1) if kind == "banded" and band_in_slots else 0,
+        )
+        for start in range(0, length, size)
+    )
 
 
 class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: Array, segment_ids: Array | None = None, positions: Array | None = None,
-                 cache: Cache | None = None, deterministic: bool = True,
-                 branch_ids: Array | None = None, return_features: bool = False) -> tuple[Array, Cache | None]:
+    def __call__(
+        self,
+        tokens: Array,
+        segment_ids: Array | None = None,
+        positions: Array | None = None,
+        cache: Cache | None = None,
+        deterministic: bool = True,
+        branch_ids: Array | None = None,
+        return_features: bool = False,
+    ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         batch, length = tokens.shape
@@ -227,15 +271,14 @@ class GPT(nn.Module):
 
         wte = _param(self, "wte", cfg.init_std, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt)
         wpe = _param(self, "wpe", cfg.pos_init_std, (cfg.n_ctx, cfg.d_model), (None, "embed"), pdt)
-        x = (wte.astype(dt)[tokens] + wpe.astype(dt)[positions])
+        x = wte.astype(dt)[tokens] + wpe.astype(dt)[positions]
         x = nn.Dropout(cfg.embd_dropout)(x, deterministic=deterministic)
 
         q_slots = offset + jnp.arange(length)
         if cache is None:
             k_slots, k_segments = q_slots, segment_ids
         else:
-            k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
-                                                      (0, offset))
+            k_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, offset))
             k_slots = jnp.arange(k_segments.shape[1])
         masks = attention_masks(cfg, q_slots, k_slots, segment_ids, k_segments, branch_ids, positions)
 
@@ -256,8 +299,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             embedding = wte
         else:
-            embedding = _param(self, "lm_head", cfg.init_std, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                               pdt).T
+            embedding = _param(self, "lm_head", cfg.init_std, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt).T
         return project_to_vocab(x, embedding), new_cache
 
 
@@ -293,9 +335,17 @@ def logical_axes(cfg: ModelConfig) -> Params:
     return nn.get_partition_spec(boxed)
 
 
-def forward(params: Params, tokens: Array, cfg: ModelConfig, *, segment_ids: Array | None = None,
-            positions: Array | None = None, dropout_rng: Array | None = None,
-            branch_ids: Array | None = None, return_features: bool = False) -> Array:
+def forward(
+    params: Params,
+    tokens: Array,
+    cfg: ModelConfig,
+    *,
+    segment_ids: Array | None = None,
+    positions: Array | None = None,
+    dropout_rng: Array | None = None,
+    branch_ids: Array | None = None,
+    return_features: bool = False,
+) -> Array:
     """fp32 logits [batch, length, vocab]. Dropout is applied iff `dropout_rng` is given.
 
     `branch_ids` [batch, length] share a prefix between several continuations in one row (see
@@ -304,9 +354,16 @@ def forward(params: Params, tokens: Array, cfg: ModelConfig, *, segment_ids: Arr
     it scores, `project_to_vocab(features, output_embedding(params, cfg))`, in slices of the vocabulary.
     """
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-    logits, _ = GPT(cfg).apply({"params": params}, tokens, segment_ids, positions,
-                               deterministic=dropout_rng is None, rngs=rngs, branch_ids=branch_ids,
-                               return_features=return_features)
+    logits, _ = GPT(cfg).apply(
+        {"params": params},
+        tokens,
+        segment_ids,
+        positions,
+        deterministic=dropout_rng is None,
+        rngs=rngs,
+        branch_ids=branch_ids,
+        return_features=return_features,
+    )
     return logits
 
 
@@ -319,21 +376,32 @@ def init_cache(cfg: ModelConfig, batch: int, max_length: int, dtype: str | None 
     """An empty KV cache for incremental decoding of up to `max_length` tokens per row."""
     if max_length > cfg.n_ctx:
         raise ConfigError(f"cache length {max_length} exceeds the model's context n_ctx={cfg.n_ctx}")
-    shape = (batch, max_length, cfg.n_head, cfg.head_dim)
+    shape = (batch, max_length, cfg.n_head, cfg.d_head)
     dt = _dtype(dtype or cfg.dtype)
     layer = lambda: {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}  # noqa: E731
-    return {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((batch, max_length), jnp.int32),
-            "layers": tuple(layer() for _ in range(cfg.n_layer))}
+    return {
+        "index": jnp.zeros((), jnp.int32),
+        "segment_ids": jnp.zeros((batch, max_length), jnp.int32),
+        "layers": tuple(layer() for _ in range(cfg.n_layer)),
+    }
 
 
-def forward_with_cache(params: Params, tokens: Array, cache: Cache, cfg: ModelConfig, *,
-                       positions: Array | None = None, segment_ids: Array | None = None) -> tuple[Array, Cache]:
+def forward_with_cache(
+    params: Params,
+    tokens: Array,
+    cache: Cache,
+    cfg: ModelConfig,
+    *,
+    positions: Array | None = None,
+    segment_ids: Array | None = None,
+) -> tuple[Array, Cache]:
     """Run `tokens` at cache slots [index, index + length) and return (fp32 logits, updated cache).
 
     Rows of different prompt lengths are left-padded: padded slots get segment id 0 (never attended to by
     real tokens) and each row's `positions` count from its first real token.
     """
-    return GPT(cfg).apply({"params": params}, tokens, segment_ids, positions, cache)
+    logits, new_cache = GPT(cfg).apply({"params": params}, tokens, segment_ids, positions, cache)
+    return logits, typing.cast(Cache, new_cache)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,7 +415,7 @@ class ParamCount:
 
 
 def param_count(cfg: ModelConfig) -> ParamCount:
-    d, a, f, v = cfg.d_model, cfg.d_attn, cfg.d_mlp, cfg.vocab_size
+    d, a, f, v = cfg.d_model, cfg.d_attn, cfg.d_ff, cfg.vocab_size
     per_layer = 4 * d * a + 3 * a + 2 * d * f + f + 6 * d  # qkv+out weights, qkv biases, mlp, 2 LNs + 2 biases
     non_embedding = cfg.n_layer * per_layer + (2 * d if cfg.final_norm else 0)
     embedding = v * d + cfg.n_ctx * d + (0 if cfg.tie_embeddings else d * v)
@@ -365,7 +433,7 @@ FLOPS_CONVENTION = (
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training (forward + backward) FLOPs per token; see FLOPS_CONVENTION."""
     t = cfg.n_ctx if seq_len is None else seq_len
-    d, a, f = cfg.d_model, cfg.d_attn, cfg.d_mlp
+    d, a, f = cfg.d_model, cfg.d_attn, cfg.d_ff
     n_matmul = cfg.n_layer * (4 * d * a + 2 * d * f) + d * cfg.vocab_size
     keys = sum(t if cfg.layer_kind(i) == "dense" else min(cfg.band_width, t) for i in range(cfg.n_layer))
     return 6.0 * n_matmul + 12.0 * a * keys

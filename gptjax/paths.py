@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gptjax.errors import InputNotFoundError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,8 +16,8 @@ def data_dir() -> Path:
 
 
 def data_path(*parts: str) -> Path:
-    """A path under the data root; raises FileNotFoundError naming the path and how to relocate it."""
+    """A path under the data root; raises InputNotFoundError naming the path and how to relocate it."""
     path = data_dir().joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (data root {data_dir()}; set GPTJAX_DATA_DIR to change it)")
+        raise InputNotFoundError(f"{path} does not exist (data root {data_dir()}; set GPTJAX_DATA_DIR to change it)")
     return path

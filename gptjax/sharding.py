@@ -1,12 +1,15 @@
-"""Device mesh, logical-axis rules -> shardings, process-local batch slices, and `jax.distributed` set-up.
+"""The one owner of partitioning: the mesh, the logical-axis rules table, logical -> mesh shardings, the
+batch rows each process loads, and `jax.distributed` set-up.
 
 The model names its axes logically (`embed`, `heads`, `batch`, ...); `MeshConfig.rules` is the one table
-that maps those names to the mesh axes `data`, `fsdp`, `tensor`. Changing the parallelism layout means
-changing the table or the mesh sizes, never model code.
+that maps those names to the mesh axes `data`, `fsdp`, `tensor` (T5X's `standard_logical_axis_rules`).
+Changing the parallelism layout means changing the table or the mesh sizes, never model or eval code:
+the trainer, the eval scorer and Flax's `with_logical_constraint` all read the same table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -16,14 +19,61 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from gptjax.config import ConfigError, MeshConfig
+from gptjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
+Rules = tuple[tuple[str, tuple[str, ...]], ...]
 log = logging.getLogger(__name__)
 
+# Logical axis -> mesh axes. Parameters: vocab/embed/mlp/heads/kv/norm; activations: batch/length/act_*.
+# FSDP shards the embed dimension of every weight; tensor parallelism splits heads, MLP width and vocab.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("length", ()),
+    ("act_embed", ()),
+    ("embed", ("fsdp",)),
+    ("vocab", ("tensor",)),
+    ("mlp", ("tensor",)),
+    ("heads", ("tensor",)),
+    ("kv", ()),
+    ("norm", ()),
+)
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes (one of them may be -1 = all remaining devices) and the logical-axis rules."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: Rules = DEFAULT_RULES
+
+    def __post_init__(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        if list(sizes.values()).count(-1) > 1:
+            raise ConfigError(f"at most one mesh axis may be -1, got {sizes}")
+        bad = {k: v for k, v in sizes.items() if v == 0 or v < -1}
+        if bad:
+            raise ConfigError(f"mesh sizes must be positive or -1, got {bad}")
+        unknown = sorted({a for _, axes in self.rules for a in axes} - set(MESH_AXES))
+        if unknown:
+            raise ConfigError(f"mesh.rules name mesh axes {unknown}; the mesh has {list(MESH_AXES)}")
+
+
+def flax_rules(rules: Rules) -> list[tuple[str, Any]]:
+    """The rules table in the form `flax.linen.logical_axis_rules` takes (no axes = None = replicated)."""
+    return [(name, axes if axes else None) for name, axes in rules]
+
+
+def batch_axes(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes the `batch` logical axis is split over (those of size 1 left out)."""
+    return tuple(a for a in dict(rules).get("batch", ()) if a in mesh.shape and mesh.shape[a] > 1)
+
+
+def maybe_initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Join a multi-process run. Explicit arguments (or GPTJAX_COORDINATOR / GPTJAX_NUM_PROCESSES /
     GPTJAX_PROCESS_ID) name the coordinator; GPTJAX_DISTRIBUTED=auto lets JAX discover a TPU pod's
     workers itself. With none of these it is a single-process run and nothing happens."""
@@ -41,12 +91,15 @@ def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % known:
-            raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {n_devices} devices are not divisible by "
-                              f"the fixed axes' product {known}")
+            raise ConfigError(
+                f"mesh {dict(zip(MESH_AXES, sizes))}: {n_devices} devices are not divisible by "
+                f"the fixed axes' product {known}"
+            )
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
-        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-                          f"{n_devices} are available")
+        raise ConfigError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but {n_devices} are available"
+        )
     return tuple(sizes)  # type: ignore[return-value]
 
 
@@ -56,8 +109,7 @@ def make_mesh(cfg: MeshConfig, devices: list[jax.Device] | None = None) -> Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_mesh_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh,
-                         rules: tuple[tuple[str, tuple[str, ...]], ...]) -> PartitionSpec:
+def logical_to_mesh_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, rules: Rules) -> PartitionSpec:
     """Translate one logical PartitionSpec into mesh axes.
 
     A dimension whose size does not divide by its mesh axes is replicated instead (e.g. the byte
@@ -74,27 +126,28 @@ def logical_to_mesh_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: M
             raise ConfigError(f"logical axis {name!r} has no rule; mesh.rules covers {sorted(table)}")
         axes = tuple(a for a in table[name] if a not in used and mesh.shape[a] > 1)
         if axes and dim % math.prod(mesh.shape[a] for a in axes):
-            log.info("replicating a dimension of size %d (logical %r): not divisible by mesh axes %s",
-                     dim, name, axes)
+            log.info("replicating a dimension of size %d (logical %r): not divisible by mesh axes %s", dim, name, axes)
             axes = ()
         used.update(axes)
         out.append(axes if len(axes) > 1 else (axes[0] if axes else None))
     return PartitionSpec(*out)
 
 
-def shardings_for(logical_specs: Any, abstract: Any, mesh: Mesh,
-                  rules: tuple[tuple[str, tuple[str, ...]], ...]) -> Any:
+def shardings_for(logical_specs: Any, abstract: Any, mesh: Mesh, rules: Rules) -> Any:
     """NamedShardings for every leaf of `abstract`, given a matching tree of logical PartitionSpecs."""
     return jax.tree.map(
         lambda spec, leaf: NamedSharding(mesh, logical_to_mesh_spec(spec, leaf.shape, mesh, rules)),
-        logical_specs, abstract, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        logical_specs,
+        abstract,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
-def batch_sharding(mesh: Mesh, rules: tuple[tuple[str, tuple[str, ...]], ...], rank: int = 2) -> NamedSharding:
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, rank: int = 2) -> NamedSharding:
     """Sharding of a [batch, length, ...] input array (batch over the `batch` rule's axes; never
     silently replicated: `process_rows` raises when the batch does not divide)."""
-    batch_axes = tuple(a for a in dict(rules).get("batch", ()) if mesh.shape[a] > 1)
-    lead = batch_axes if len(batch_axes) > 1 else (batch_axes[0] if batch_axes else None)
+    axes = batch_axes(mesh, rules)
+    lead = axes if len(axes) > 1 else (axes[0] if axes else None)
     return NamedSharding(mesh, PartitionSpec(lead, *([None] * (rank - 1))))
 
 
@@ -111,20 +164,26 @@ def process_rows(sharding: NamedSharding, global_batch: int) -> slice:
     """
     dp = data_parallel_size(sharding)
     if global_batch % dp:
-        raise ConfigError(f"global batch_size={global_batch} is not divisible by the data-parallel size {dp} "
-                          f"(mesh {dict(sharding.mesh.shape)})")
-    index_map = sharding.addressable_devices_indices_map((global_batch, 1))
-    starts = [idx[0].start or 0 for idx in index_map.values()]
-    stops = [global_batch if idx[0].stop is None else idx[0].stop for idx in index_map.values()]
+        raise ConfigError(
+            f"global batch_size={global_batch} is not divisible by the data-parallel size {dp} "
+            f"(mesh {dict(sharding.mesh.shape)})"
+        )
+    indices = [idx for idx in sharding.addressable_devices_indices_map((global_batch, 1)).values() if idx]
+    starts = [idx[0].start or 0 for idx in indices]
+    stops = [global_batch if idx[0].stop is None else idx[0].stop for idx in indices]
     lo, hi = min(starts), max(stops)
     covered = {r for a, b in zip(starts, stops) for r in range(a, b)}
     if len(covered) != hi - lo:
-        raise ConfigError(f"process {jax.process_index()} holds non-contiguous batch rows; order the mesh so "
-                          "each process's devices are adjacent along the batch axes")
+        raise ConfigError(
+            f"process {jax.process_index()} holds non-contiguous batch rows; order the mesh so "
+            "each process's devices are adjacent along the batch axes"
+        )
     return slice(lo, hi)
 
 
-def global_batch_from_local(local: dict[str, np.ndarray], sharding: NamedSharding,
-                            global_batch: int) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
-            for k, v in local.items()}
+def global_batch_from_local(
+    local: dict[str, np.ndarray], sharding: NamedSharding, global_batch: int
+) -> dict[str, jax.Array]:
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:]) for k, v in local.items()
+    }

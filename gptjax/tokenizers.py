@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 import regex
-import seqio
 import sentencepiece as spm
+import seqio
 import tensorflow as tf
 from sentencepiece import sentencepiece_model_pb2
 
+from gptjax.errors import InputNotFoundError
 from gptjax.paths import data_path
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token: the EOS and document separator of every vocabulary here
@@ -119,8 +120,9 @@ class _ByteLevelVocabulary(_NamedVocabulary, seqio.Vocabulary):
                 self._token_table = tf.constant(self._token_bytes, dtype=tf.string)
         text = tf.strings.reduce_join(tf.gather(self._token_table, ids), axis=-1)
         # Same replacement of invalid UTF-8 as Python's errors="replace" (the tests check they agree).
-        return tf.strings.unicode_transcode(text, input_encoding="UTF-8", output_encoding="UTF-8",
-                                            errors="replace", replacement_char=0xFFFD)
+        return tf.strings.unicode_transcode(
+            text, input_encoding="UTF-8", output_encoding="UTF-8", errors="replace", replacement_char=0xFFFD
+        )
 
 
 class ByteVocabulary(_ByteLevelVocabulary):
@@ -181,7 +183,7 @@ class GPT2BPEVocabulary(_ByteLevelVocabulary):
             raise ValueError(f"{self.vocab_bpe}: merge lines must hold two symbols, got {malformed[:3]}")
 
         self._encoder = encoder
-        self._ranks: dict[tuple[str, str], int] = {pair: rank for rank, pair in enumerate(merges)}
+        self._ranks: dict[tuple[str, str], int] = {(a, b): rank for rank, (a, b) in enumerate(merges)}
         self._byte_encoder = bytes_to_unicode()
         byte_decoder = {c: b for b, c in self._byte_encoder.items()}
         tokens = sorted(encoder, key=encoder.__getitem__)
@@ -238,8 +240,10 @@ class GPT2BPEVocabulary(_ByteLevelVocabulary):
         return (GPT2BPEVocabulary, (self.encoder_json, self.vocab_bpe))
 
     def __repr__(self) -> str:
-        return (f"GPT2BPEVocabulary(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
-                f"encoder_json='{self.encoder_json}', vocab_bpe='{self.vocab_bpe}')")
+        return (
+            f"GPT2BPEVocabulary(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
+            f"encoder_json='{self.encoder_json}', vocab_bpe='{self.vocab_bpe}')"
+        )
 
 
 class SentencePieceVocabulary(_NamedVocabulary, seqio.SentencePieceVocabulary):
@@ -250,13 +254,14 @@ class SentencePieceVocabulary(_NamedVocabulary, seqio.SentencePieceVocabulary):
 
     def __init__(self, model_file: str | Path):
         if not Path(model_file).is_file():
-            raise FileNotFoundError(f"SentencePiece model {model_file} does not exist")
+            raise InputNotFoundError(f"SentencePiece model {model_file} does not exist")
         super().__init__(str(model_file))
 
     @functools.cached_property
-    def name(self) -> str:
-        proto = sentencepiece_model_pb2.ModelProto.FromString(self.sp_model)
-        kind = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
+    def name(self) -> str:  # type: ignore[override]  # computed from the model, where the base declares a field
+        proto = sentencepiece_model_pb2.ModelProto.FromString(self.sp_model)  # type: ignore[attr-defined]
+        spec = sentencepiece_model_pb2.TrainerSpec  # type: ignore[attr-defined]  # generated protobuf module
+        kind = spec.ModelType.Name(proto.trainer_spec.model_type).lower()
         return f"sentencepiece-{kind}-{self.vocab_size}-{hashlib.md5(self.sp_model).hexdigest()[:12]}"
 
     def decode_all(self, ids: Iterable[int]) -> str:
@@ -269,16 +274,26 @@ class SentencePieceVocabulary(_NamedVocabulary, seqio.SentencePieceVocabulary):
         return state
 
     def __repr__(self) -> str:
-        return (f"SentencePieceVocabulary(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
-                f"model_file='{self.sentencepiece_model_file}')")
+        return (
+            f"SentencePieceVocabulary(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, "
+            f"model_file='{self.sentencepiece_model_file}')"
+        )
 
     def __str__(self) -> str:
         return repr(self)
 
 
-def train_sentencepiece(corpus_paths: Sequence[str | Path], model_prefix: str | Path, vocab_size: int,
-                        model_type: Literal["bpe", "unigram"] = "bpe", *, character_coverage: float = 1.0,
-                        byte_fallback: bool = False, verbose: bool = False, **options: Any) -> Path:
+def train_sentencepiece(
+    corpus_paths: Sequence[str | Path],
+    model_prefix: str | Path,
+    vocab_size: int,
+    model_type: Literal["bpe", "unigram"] = "bpe",
+    *,
+    character_coverage: float = 1.0,
+    byte_fallback: bool = False,
+    verbose: bool = False,
+    **options: Any,
+) -> Path:
     """Train a SentencePiece model on text files; returns the path of `{model_prefix}.model`.
 
     Defaults are chosen so `decode(encode(text)) == text` for every character seen in training: no
@@ -294,14 +309,25 @@ def train_sentencepiece(corpus_paths: Sequence[str | Path], model_prefix: str | 
     paths = [Path(p) for p in corpus_paths]
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
-        raise FileNotFoundError(f"corpus files not found: {missing or 'none given'}")
+        raise InputNotFoundError(f"corpus files not found: {missing or 'none given'}")
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = dict(
-        input=[str(p) for p in paths], model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
-        character_coverage=character_coverage, byte_fallback=byte_fallback, pad_id=0, eos_id=1, unk_id=2,
-        bos_id=-1, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, user_defined_symbols=["\n"], num_threads=os.cpu_count() or 1,
+        input=[str(p) for p in paths],
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        byte_fallback=byte_fallback,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=["\n"],
+        num_threads=os.cpu_count() or 1,
     )
     settings.update(options)
     # minloglevel rather than `logstream`, which redirects the process's stderr file descriptor.
@@ -323,9 +349,15 @@ def tokenizer_command(argv: Sequence[str]) -> int:
     train.add_argument("--verbose", action="store_true", help="show SentencePiece's training log")
     args = parser.parse_args(list(argv))
     try:
-        model = train_sentencepiece(args.corpus, args.out, args.vocab_size, args.model_type,
-                                    character_coverage=args.character_coverage,
-                                    byte_fallback=args.byte_fallback, verbose=args.verbose)
+        model = train_sentencepiece(
+            args.corpus,
+            args.out,
+            args.vocab_size,
+            args.model_type,
+            character_coverage=args.character_coverage,
+            byte_fallback=args.byte_fallback,
+            verbose=args.verbose,
+        )
     except (ValueError, OSError, RuntimeError) as e:
         print(f"gptjax tokenizer: error: {e}", file=sys.stderr)
         return 1
@@ -334,11 +366,10 @@ def tokenizer_command(argv: Sequence[str]) -> int:
     return 0
 
 
-SPEC_FORMS = ("'byte'", "'gpt2'", "'gpt2:DIR' (DIR holds encoder.json and vocab.bpe)",
-              "'sentencepiece:FILE.model'")
+SPEC_FORMS = ("'byte'", "'gpt2'", "'gpt2:DIR' (DIR holds encoder.json and vocab.bpe)", "'sentencepiece:FILE.model'")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_vocabulary(spec: str) -> seqio.Vocabulary:
     """The vocabulary a spec string names; cached, since loading GPT-2's files takes a noticeable fraction
     of a second and seqio Tasks ask for their vocabulary repeatedly."""
@@ -353,5 +384,14 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
     raise ValueError(f"unknown tokenizer spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")
 
 
-__all__ = ["EOT", "GPT2_PATTERN", "ByteVocabulary", "GPT2BPEVocabulary", "SentencePieceVocabulary",
-           "bytes_to_unicode", "get_vocabulary", "tokenizer_command", "train_sentencepiece"]
+__all__ = [
+    "EOT",
+    "GPT2_PATTERN",
+    "ByteVocabulary",
+    "GPT2BPEVocabulary",
+    "SentencePieceVocabulary",
+    "bytes_to_unicode",
+    "get_vocabulary",
+    "tokenizer_command",
+    "train_sentencepiece",
+]

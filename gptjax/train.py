@@ -1,18 +1,22 @@
-"""Training: the train state, the one jitted (sharded, donated) train step, and a loop that runs hooks.
+"""Training: the train state, the one jitted (sharded, donated) train step, and the loop.
 
-The loop body only fetches the step's batch and calls the step; logging, held-out loss, checkpoints,
-preemption and the non-finite guard are hooks (gptjax/hooks.py) so they can be added or removed freely.
-Determinism: the batch at step k is a pure function of (data seed, k) and every random draw is derived
-from (seed, purpose, step), so a resumed run replays bit for bit what an uninterrupted run computes.
+The trainer owns *when* things happen: it runs the step, decides when the run stops (its last step, a
+SIGTERM, or a multi-host preemption notice), refuses to go on after a non-finite step, and calls each hook
+on the schedule it was added with (`add_hook(hook, every=N)`, plus a forced call at the final step).
+Hooks (gptjax/hooks.py; eval/hook.py offers one for few-shot evaluation) each do one thing: log, evaluate,
+save. Determinism: the batch at step k is a pure function of (data seed, k) and every random draw is
+derived from (seed, purpose, step), so a resumed run replays bit for bit what an uninterrupted run computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from pathlib import Path
-from typing import Any, Callable, Protocol
+import signal
+from collections.abc import Callable, Iterator, Set
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import flax
 import flax.linen as nn
@@ -22,15 +26,21 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax import model, sharding
-from gptjax.config import ConfigError, RunConfig, dumps, from_dict, to_dict
+from gptjax.checkpoint import Checkpointer
+from gptjax.config import RunConfig
+from gptjax.data import PackedDataset, make_dataset
+from gptjax.errors import ConfigError, GptjaxError
+from gptjax.rundir import RunDir, as_path
 
 log = logging.getLogger(__name__)
 Batch = dict[str, jax.Array]
 
-DONE_MARKER = "DONE"  # written into the run directory once `steps` steps are complete
-
 # Purposes for key derivation: key(seed) -> fold_in(purpose) -> fold_in(step) -> fold_in(micro-batch).
 _INIT, _DROPOUT = 0, 1
+
+
+class NonFiniteError(GptjaxError, FloatingPointError):
+    """The loss or gradient norm of a step was not finite (the update was not applied)."""
 
 
 @flax.struct.dataclass
@@ -44,22 +54,21 @@ class TrainState:
 def learning_rate_schedule(run: RunConfig) -> optax.Schedule:
     """Linear warm-up from 0, then cosine decay to min_lr_ratio * peak (and constant after)."""
     o = run.optim
-    decay_steps = o.decay_steps or run.steps
-    if o.warmup_steps >= decay_steps:
-        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be < the decay length {decay_steps} "
-                          "(optim.decay_steps, or steps when it is 0)")
-    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, decay_steps,
-                                              end_value=o.learning_rate * o.min_lr_ratio)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, o.warmup_steps, o.decay_steps or run.steps, end_value=o.learning_rate * o.min_lr_ratio
+    )
 
 
 def weight_decay_mask(params: Any, run: RunConfig) -> Any:
     """GPT-3 decays weight matrices only: not biases, LayerNorm, or (by default) the embeddings."""
+
     def decays(path: tuple[Any, ...], leaf: Any) -> bool:
         name = getattr(path[-1], "key", str(path[-1]))
         if name in ("wte", "wpe"):
             return run.optim.decay_embeddings
         is_matrix = (leaf.ndim >= 2 and name.endswith("kernel")) or name == "lm_head"
         return is_matrix or run.optim.decay_biases_and_norms
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -67,15 +76,29 @@ def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
     o = run.optim
     return optax.chain(
         optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(learning_rate_schedule(run), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                    mask=lambda p: weight_decay_mask(p, run)),
+        optax.adamw(
+            learning_rate_schedule(run),
+            b1=o.b1,
+            b2=o.b2,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            mask=lambda p: weight_decay_mask(p, run),
+        ),
     )
 
 
-def token_loss_sums(params: Any, batch: Batch, run: RunConfig, dropout_rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def token_loss_sums(
+    params: Any, batch: Batch, run: RunConfig, dropout_rng: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
     """(sum of fp32 token cross-entropies, number of loss tokens) for one (micro-)batch."""
-    logits = model.forward(params, batch["inputs"], run.model, segment_ids=batch["segment_ids"],
-                           positions=batch["positions"], dropout_rng=dropout_rng)
+    logits = model.forward(
+        params,
+        batch["inputs"],
+        run.model,
+        segment_ids=batch["segment_ids"],
+        positions=batch["positions"],
+        dropout_rng=dropout_rng,
+    )
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"].astype(jnp.float32)
     return (losses * mask).sum(), mask.sum()
@@ -86,7 +109,9 @@ def _uses_dropout(run: RunConfig) -> bool:
     return max(m.embd_dropout, m.attn_dropout, m.resid_dropout) > 0
 
 
-def make_train_step(run: RunConfig, tx: optax.GradientTransformation) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def make_train_step(
+    run: RunConfig, tx: optax.GradientTransformation
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     schedule = learning_rate_schedule(run)
     n_micro = run.micro_batches
 
@@ -104,12 +129,13 @@ def make_train_step(run: RunConfig, tx: optax.GradientTransformation) -> Callabl
             grads, loss_sum, count = carry
             mb, m = xs
             key = jax.random.fold_in(step_key, m) if _uses_dropout(run) else None
-            (l, c), g = grad_fn(state.params, mb, key)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + l, count + c), None
+            (loss, tokens), g = grad_fn(state.params, mb, key)
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + tokens), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         micro_batches = jax.tree.map(split_micro, batch)
-        (grads, loss_sum, count), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), (micro_batches, jnp.arange(n_micro)))
+        totals = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grads, loss_sum, count), _ = jax.lax.scan(micro, totals, (micro_batches, jnp.arange(n_micro)))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = loss_sum / count
@@ -120,10 +146,19 @@ def make_train_step(run: RunConfig, tx: optax.GradientTransformation) -> Callabl
         # A non-finite update is never applied, whatever on_nonfinite says: the run either stops (error)
         # or moves on to the next batch (skip), and every checkpoint holds finite parameters.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                               opt_state=keep(new_opt_state, state.opt_state), rng=state.rng)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-                   "loss_tokens": count, "finite": finite}
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+            rng=state.rng,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "loss_tokens": count,
+            "finite": finite,
+        }
         return new_state, metrics
 
     return step_fn
@@ -133,8 +168,9 @@ def make_eval_step(run: RunConfig) -> Callable[[Any, Batch], tuple[jax.Array, ja
     return lambda params, batch: token_loss_sums(params, batch, run, None)
 
 
-def init_state(run: RunConfig, tx: optax.GradientTransformation, rng: jax.Array,
-               params: Any | None = None) -> TrainState:
+def init_state(
+    run: RunConfig, tx: optax.GradientTransformation, rng: jax.Array, params: Any | None = None
+) -> TrainState:
     """A fresh train state (new parameters unless `params` are given, e.g. imported weights)."""
     if params is None:
         params = model.init_params(run.model, jax.random.fold_in(jax.random.wrap_key_data(rng), _INIT))
@@ -149,17 +185,24 @@ def state_shardings(run: RunConfig, tx: optax.GradientTransformation, mesh: jax.
     """NamedShardings for the whole train state: optimizer moments follow their parameters' logical axes."""
     abstract = abstract_state(run, tx)
     param_specs = model.logical_axes(run.model)
-    opt_specs = optax.tree_map_params(tx, lambda _, spec: spec, abstract.opt_state, param_specs,
-                                      transform_non_params=lambda _: PartitionSpec(),
-                                      is_leaf=lambda x: isinstance(x, PartitionSpec))
-    specs = TrainState(step=PartitionSpec(), params=param_specs, opt_state=opt_specs, rng=PartitionSpec())
+    opt_specs = optax.tree_map_params(
+        tx,
+        lambda _, spec: spec,
+        abstract.opt_state,
+        param_specs,
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    replicated: Any = PartitionSpec()  # a tree of specs in the state's shape, not arrays
+    specs = dataclasses.replace(abstract, step=replicated, params=param_specs, opt_state=opt_specs, rng=replicated)
     return sharding.shardings_for(specs, abstract, mesh, run.mesh.rules)
 
 
 def restore_target(run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
     """Abstract arrays carrying the *current* mesh's shardings: orbax reshards onto them on restore."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state(run, tx), shardings)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state(run, tx), shardings
+    )
 
 
 def init_sharded_state(run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
@@ -168,70 +211,134 @@ def init_sharded_state(run: RunConfig, tx: optax.GradientTransformation, shardin
     return jax.jit(lambda r: init_state(run, tx, r), out_shardings=shardings)(rng)
 
 
-def jit_train_step(run: RunConfig, tx: optax.GradientTransformation, state_shardings: TrainState,
-                   batch_sharding: NamedSharding) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+def jit_train_step(
+    run: RunConfig, tx: optax.GradientTransformation, state_shardings: TrainState, batch_sharding: NamedSharding
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """The train step as it runs: one jit over the mesh, the state donated, metrics replicated."""
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    return jax.jit(make_train_step(run, tx), in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return jax.jit(
+        make_train_step(run, tx),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def write_initial_checkpoint(run: RunConfig, params: Any) -> RunDir:
+    """Write `params` (e.g. imported Hugging Face weights) as step 0 of a new run in `run.run_dir`, with a
+    fresh optimizer state, so `gptjax eval` scores it and `gptjax train` continues (fine-tunes) it."""
+    run_dir = RunDir(run.run_dir)
+    tx = make_optimizer(run)
+    state = init_state(run, tx, jax.random.key_data(jax.random.key(run.seed)), params=params)
+    checkpointer = Checkpointer(run_dir.checkpoints_dir)
+    if checkpointer.latest_step() is not None:
+        raise ConfigError(
+            f"{run_dir.checkpoints_dir} already holds checkpoints {checkpointer.all_steps()}; "
+            "write the weights into a new run directory"
+        )
+    run_dir.write_config(run)
+    checkpointer.save(0, state)
+    checkpointer.wait()
+    checkpointer.close()
+    return run_dir
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a hook is called with: the steps completed, the state after them and that step's metrics
+    (device arrays: reading one waits for the step). `final` is set at the step where the run ends."""
+
+    step: int
+    state: TrainState
+    metrics: dict[str, jax.Array]
+    final: bool
 
 
 class Hook(Protocol):
-    def on_start(self, trainer: "Trainer") -> None: ...
-    def on_step(self, trainer: "Trainer", step: int, metrics: dict[str, jax.Array]) -> None: ...
-    def on_end(self, trainer: "Trainer") -> None: ...
+    """One job run on the trainer's schedule. A hook that holds resources (files, a signal handler) also
+    has `close()`, which the trainer calls once when training ends, normally or by an error."""
+
+    def __call__(self, info: StepInfo) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Scheduled:
+    hook: Hook
+    every: int | None  # None = only at the end
+    at_start: bool  # also after the first step of each attempt (e.g. to start a clock)
+    at_end: bool
+
+    def due(self, step: int, first: bool, final: bool) -> bool:
+        return (
+            (self.every is not None and step % self.every == 0) or (self.at_start and first) or (self.at_end and final)
+        )
 
 
 class Trainer:
-    """Builds mesh, shardings, the jitted step and the (initialised or restored) state for one run."""
+    """One run: mesh, shardings, the jitted step and the data, and the loop that runs hooks.
 
-    def __init__(self, run: RunConfig, hooks: list[Hook] | None = None,
-                 devices: list[jax.Device] | None = None) -> None:
-        from gptjax.checkpoint import Checkpointer
-        from gptjax.data import make_dataset
+    Constructing it checks the run against the devices and the data but writes nothing; `train()` writes
+    the config (so a bad start never leaves a config behind), restores or initialises the state, and runs.
+    """
 
-        self.run_dir = Path(run.run_dir)
-        self.run = _reconcile_with_saved_config(run, self.run_dir)
-        run = self.run
+    def __init__(
+        self, run: RunConfig, dataset: PackedDataset | None = None, devices: list[jax.Device] | None = None
+    ) -> None:
+        self.run = run
+        self.run_dir = RunDir(run.run_dir)
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.rules = run.mesh.rules
         self.tx = make_optimizer(run)
         self.seq_len = run.sequence_length
-        self.dataset = make_dataset(run.data, self.seq_len, self._data_cache_dir())
+        cache = as_path(run.data.cache_dir) if run.data.cache_dir else self.run_dir.default_data_cache
+        self.dataset = dataset if dataset is not None else make_dataset(run.data, self.seq_len, cache)
         if self.dataset.vocab.vocab_size > run.model.vocab_size:
-            raise ConfigError(f"data vocabulary {run.data.vocab!r} has {self.dataset.vocab.vocab_size} ids but "
-                              f"model.vocab_size={run.model.vocab_size}")
+            raise ConfigError(
+                f"data vocabulary {run.data.vocab!r} has {self.dataset.vocab.vocab_size} ids but "
+                f"model.vocab_size={run.model.vocab_size}"
+            )
         self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
         self.local_rows = sharding.process_rows(self.batch_sharding, run.batch_size)
         dp = sharding.data_parallel_size(self.batch_sharding)
         if (run.batch_size // run.micro_batches) % dp:
-            raise ConfigError(f"micro-batch size {run.batch_size // run.micro_batches} (batch_size={run.batch_size} "
-                              f"/ micro_batches={run.micro_batches}) is not divisible by the data-parallel size {dp}")
-        self.state_shardings = self._state_shardings()
+            raise ConfigError(
+                f"micro-batch size {run.batch_size // run.micro_batches} (batch_size={run.batch_size} "
+                f"/ micro_batches={run.micro_batches}) is not divisible by the data-parallel size {dp}"
+            )
+        self.state_shardings = state_shardings(run, self.tx, self.mesh)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.step_fn = jit_train_step(run, self.tx, self.state_shardings, self.batch_sharding)
-        self.eval_fn = jax.jit(make_eval_step(run), in_shardings=(self.state_shardings.params, self.batch_sharding),
-                               out_shardings=(replicated, replicated))
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=run.keep_checkpoints)
-        self.hooks = list(hooks or [])
+        self.eval_fn = jax.jit(
+            make_eval_step(run),
+            in_shardings=(self.state_shardings.params, self.batch_sharding),
+            out_shardings=(replicated, replicated),
+        )
+        self.checkpointer = Checkpointer(self.run_dir.checkpoints_dir, keep=run.checkpoint.keep)
+        if self.checkpointer.latest_step() is not None:
+            self.run_dir.check_same_run(run)  # a run dir without checkpoints takes a new config
+        self.state: TrainState | None = None
         self.stop_requested = False
-        self.state = self._restore_or_init()
+        self._hooks: list[_Scheduled] = []
 
     # -- set-up ------------------------------------------------------------------------------------------
 
-    def _data_cache_dir(self) -> Path:
-        return Path(self.run.data.cache_dir) if self.run.data.cache_dir else self.run_dir.parent / ".data_cache"
+    def add_hook(self, hook: Hook, every: int | None = None, *, at_start: bool = False, at_end: bool = True) -> None:
+        """Call `hook` after every `every`-th step (None: never on a schedule), after the first step of an
+        attempt if `at_start`, and at the final step if `at_end`; at most once per step, in the order added."""
+        if every is not None and every <= 0:
+            raise ConfigError(f"a hook's interval must be positive (or None = only at the end), got {every}")
+        self._hooks.append(_Scheduled(hook, every, at_start, at_end))
 
-    def _state_shardings(self) -> TrainState:
-        return state_shardings(self.run, self.tx, self.mesh)
-
-    def _restore_or_init(self) -> TrainState:
+    def restore_or_init(self) -> int:
+        """Restore the latest complete checkpoint onto this mesh, or initialise; returns the step."""
         latest = self.checkpointer.latest_step()
         if latest is not None:
             log.info("resuming from %s at step %d", self.checkpointer.directory, latest)
-            return self.checkpointer.restore(latest, restore_target(self.run, self.tx, self.state_shardings))
-        with jax.set_mesh(self.mesh):
-            return init_sharded_state(self.run, self.tx, self.state_shardings)
+            self.state = self.checkpointer.restore(latest, restore_target(self.run, self.tx, self.state_shardings))
+        else:
+            with jax.set_mesh(self.mesh):
+                self.state = init_sharded_state(self.run, self.tx, self.state_shardings)
+        return self.step
 
     # -- batches -----------------------------------------------------------------------------------------
 
@@ -240,13 +347,15 @@ class Trainer:
         return sharding.global_batch_from_local(local, self.batch_sharding, self.run.batch_size)
 
     def held_out_loss(self, split: str = "validation") -> float:
-        """Mean per-token loss over the first `eval_batches` validation batches (fixed order)."""
+        """Mean per-token loss over the first `held_out.batches` validation batches (fixed order)."""
         total, count = 0.0, 0.0
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(flax_rules(self.rules)):
-            for batch in self.dataset.eval_batches(self.run.batch_size, self.run.eval_batches, split=split):
+        with self.activated():
+            for batch in self.dataset.eval_batches(self.run.batch_size, self.run.held_out.batches, split=split):
                 local = {k: v[self.local_rows] for k, v in batch.items()}
-                s, c = self.eval_fn(self.state.params,
-                                    sharding.global_batch_from_local(local, self.batch_sharding, self.run.batch_size))
+                s, c = self.eval_fn(
+                    self._state().params,
+                    sharding.global_batch_from_local(local, self.batch_sharding, self.run.batch_size),
+                )
                 total, count = total + float(s), count + float(c)
         return total / max(count, 1.0)
 
@@ -254,56 +363,99 @@ class Trainer:
 
     @property
     def step(self) -> int:
-        return int(jax.device_get(self.state.step))
+        return int(jax.device_get(self._state().step))
+
+    def _state(self) -> TrainState:
+        if self.state is None:
+            raise RuntimeError("the train state is not there yet: call restore_or_init() or train() first")
+        return self.state
+
+    @contextmanager
+    def activated(self) -> Iterator[None]:
+        """The mesh and logical-axis rules the model's sharding constraints resolve against."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.flax_rules(self.rules)):
+            yield
 
     def request_stop(self) -> None:
+        """End the run after the current step: final hooks run (a checkpoint is saved) and train() returns."""
         self.stop_requested = True
 
     def train(self) -> TrainState:
-        if jax.process_index() == 0:
-            (self.run_dir / DONE_MARKER).unlink(missing_ok=True)  # a run extended with more steps is not done
-        for hook in self.hooks:
-            hook.on_start(self)
+        if self.state is None:
+            self.restore_or_init()
+        is_writer = jax.process_index() == 0
+        if is_writer:
+            self.run_dir.write_config(self.run)
+            self.run_dir.clear_done()  # a run extended with more steps is not done
+        start = self.step
         try:
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(flax_rules(self.rules)):
-                for step in range(self.step, self.run.steps):
-                    self.state, metrics = self.step_fn(self.state, self.global_batch(step))
-                    for hook in self.hooks:
-                        hook.on_step(self, step + 1, metrics)
-                    if self.stop_requested:
-                        break
-            for hook in reversed(self.hooks):  # unwind like nested contexts: savers before sinks close
-                hook.on_end(self)
+            with self._stop_on_sigterm(), self.activated():
+                self._loop(start)
         finally:
+            for scheduled in reversed(self._hooks):  # unwind like nested contexts: savers before sinks close
+                close = getattr(scheduled.hook, "close", None)
+                if close is not None:
+                    close()
             self.checkpointer.wait()  # an error never abandons a save that is already in flight
-        if self.step >= self.run.steps and jax.process_index() == 0:
-            (self.run_dir / DONE_MARKER).touch()  # tpu_scripts/resume_loop.sh stops relaunching
-        return self.state
+        if self.step >= self.run.steps and is_writer:
+            self.run_dir.mark_done()  # tpu_scripts' keep-alive loop and sweeps stop here
+        return self._state()
 
+    def _loop(self, start: int) -> None:
+        """Steps from `start`; hooks after each. When the run ends by a stop requested during a step's hooks,
+        the final hooks that did not run at that step run once more, with `final` set."""
+        pending: tuple[int, jax.Array] | None = None  # the finite flag of the previous step, read one step late
+        for step in range(start, self.run.steps):
+            self.state, metrics = self.step_fn(self._state(), self.global_batch(step))
+            self._check_finite(pending)
+            pending = (step + 1, metrics["finite"])
+            final = step + 1 == self.run.steps or self.stop_requested or self.checkpointer.reached_preemption(step + 1)
+            if final:
+                self._check_finite(pending)
+            info = StepInfo(step + 1, self.state, metrics, final)
+            ran = self._run_hooks(info, first=step == start)
+            if final:
+                return
+            if self.stop_requested:
+                self._check_finite(pending)
+                self._run_hooks(StepInfo(info.step, info.state, metrics, final=True), first=False, skip=ran)
+                return
 
-def flax_rules(rules: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[str, Any]]:
-    return [(name, axes if axes else None) for name, axes in rules]
+    def _run_hooks(self, info: StepInfo, first: bool, skip: Set[int] = frozenset()) -> set[int]:
+        ran = set()
+        for i, scheduled in enumerate(self._hooks):
+            if i not in skip and scheduled.due(info.step, first, info.final):
+                scheduled.hook(info)
+                ran.add(i)
+        return ran
 
+    def _check_finite(self, pending: tuple[int, jax.Array] | None) -> None:
+        """Stop (optim.on_nonfinite=error) or log (skip) a step whose loss or gradient was not finite. The
+        step itself already refused the update, so no saved state is ever poisoned."""
+        if pending is None or bool(jax.device_get(pending[1])):
+            return
+        if self.run.optim.on_nonfinite == "error":
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {pending[0]}; the update was not applied and "
+                f"the last good checkpoint is kept in {self.checkpointer.directory} "
+                "(set optim.on_nonfinite=skip to skip such batches)"
+            )
+        log.warning("skipped step %d: non-finite loss or gradient", pending[0])
 
-# Keys a restarted run may change without invalidating its checkpoints.
-_RESUMABLE_CHANGES = {"steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                      "peak_flops_per_device", "mesh", "eval_tasks", "eval_tasks_every", "eval_shots", "eval_limit"}
+    @contextmanager
+    def _stop_on_sigterm(self) -> Iterator[None]:
+        """SIGTERM ends the run after the current step (single-process runs; a multi-host slice gets its
+        preemption notice through JAX's coordination service instead)."""
+        if jax.process_count() > 1:
+            yield
+            return
 
+        def on_sigterm(signum: int, frame: Any) -> None:
+            log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+            self.request_stop()
 
-def _reconcile_with_saved_config(run: RunConfig, run_dir: Path) -> RunConfig:
-    """Write config.json for a new run; for an existing one, refuse changes that would break resume."""
-    path = run_dir / "config.json"
-    if path.exists():
-        saved = from_dict(RunConfig, json.loads(path.read_text()))
-        saved_d, new_d = to_dict(saved), to_dict(dataclasses.replace(run, run_dir=saved.run_dir))
-        changed = sorted(k for k in new_d if new_d[k] != saved_d[k] and k not in _RESUMABLE_CHANGES)
-        if changed:
-            detail = "; ".join(f"{k}: saved {saved_d[k]!r} vs now {new_d[k]!r}" for k in changed)
-            raise ConfigError(f"{path} describes a different run ({detail}); use a new run_dir")
-    if jax.process_index() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(dumps(run))
-        tmp.replace(path)
-    return run
-
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -81,8 +81,9 @@ def test_num_rows_needs_a_real_target():
 def test_sampling_is_pinned():
     """Golden values: the order must not change with processes, restarts or NumPy versions."""
     assert sampling.permutation(0, "order:x", 0, 10).tolist() == [6, 8, 4, 9, 1, 5, 3, 2, 0, 7]
-    np.testing.assert_allclose(sampling.uniform(0, "mixture", 5, np.arange(3)),
-                               [0.30346508904362723, 0.07220890719365092, 0.33032746224000675])
+    np.testing.assert_allclose(
+        sampling.uniform(0, "mixture", 5, np.arange(3)), [0.30346508904362723, 0.07220890719365092, 0.33032746224000675]
+    )
 
 
 def test_batch_is_a_pure_function_of_seed_and_step(shakespeare, tmp_path):
@@ -107,7 +108,7 @@ def test_each_epoch_is_a_permutation_of_all_rows(tmp_path):
     in_order = [tuple(r) for b in ds.eval_batches(batch_size, 10**6, split="train") for r in b["inputs"]][:n]
     steps = [ds.batch(step, batch_size)["inputs"] for step in range(2 * n // batch_size + 1)]
     drawn = [tuple(r) for b in steps for r in b]
-    epoch0, epoch1 = drawn[:n], drawn[n:2 * n]
+    epoch0, epoch1 = drawn[:n], drawn[n : 2 * n]
     assert sorted(epoch0) == sorted(in_order) == sorted(epoch1)
     assert epoch0 != in_order and epoch0 != epoch1
 
@@ -138,8 +139,9 @@ def test_tinyshakespeare_byte_task(shakespeare, shakespeare_cache):
     cut = int(len(raw) * 0.9)  # ASCII, so characters are bytes
     validation = _cached(shakespeare_cache, "tinyshakespeare.byte.validation.*.npy")
     np.testing.assert_array_equal(validation, np.append(np.frombuffer(raw[cut:], np.uint8), EOS))
-    np.testing.assert_array_equal(_cached(shakespeare_cache, "tinyshakespeare.byte.train.*.npy")[:-1],
-                                  np.frombuffer(raw[:cut], np.uint8))
+    np.testing.assert_array_equal(
+        _cached(shakespeare_cache, "tinyshakespeare.byte.train.*.npy")[:-1], np.frombuffer(raw[:cut], np.uint8)
+    )
 
 
 def test_seqio_task_is_registered_and_tokenizes():
@@ -147,7 +149,7 @@ def test_seqio_task_is_registered_and_tokenizes():
     assert seqio.TaskRegistry.get("tinyshakespeare.byte") is task
     (example,) = task.get_dataset(sequence_length=None, split="validation", shuffle=False).as_numpy_iterator()
     raw = data_path("corpora", "tinyshakespeare", "input.txt").read_bytes()
-    assert bytes(example["targets"][:-1].astype(np.uint8)) == raw[int(len(raw) * 0.9):]
+    assert bytes(example["targets"][:-1].astype(np.uint8)) == raw[int(len(raw) * 0.9) :]
     assert example["targets"][-1] == EOS
 
 
@@ -180,8 +182,9 @@ def test_jsonl_task(tmp_path):
 def test_tfds_source_under_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=4):
         texts = [ex["text"] for ex in tfds.load("tiny_shakespeare", split="train").as_numpy_iterator()]
-        ds = make_dataset(DataConfig(task="tiny_shakespeare", tfds_data_dir=str(tmp_path / "tfds")), 8,
-                          tmp_path / "cache")
+        ds = make_dataset(
+            DataConfig(task="tiny_shakespeare", tfds_data_dir=str(tmp_path / "tfds")), 8, tmp_path / "cache"
+        )
         assert ds.num_tokens("train") == sum(len(t) + 1 for t in texts)
         assert get_task("tiny_shakespeare", "byte", str(tmp_path / "tfds")).name.startswith("tiny_shakespeare.byte.")
         batch = ds.batch(0, 4)

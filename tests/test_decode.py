@@ -34,7 +34,7 @@ def random_params():
 def trained_params():
     """A tiny model trained (full batch: every phase of the pattern) until it continues PATTERN."""
     cfg, period = TRAIN_CFG, len(PATTERN)
-    batch = np.array([STREAM[o:o + 33] for o in range(period)], np.int32)
+    batch = np.array([STREAM[o : o + 33] for o in range(period)], np.int32)
     optimizer = optax.adam(1e-2)
 
     def loss_fn(params):
@@ -59,7 +59,7 @@ def _full_logits(params, cfg, seqs):
     """Reference logits from one uncached forward pass; right padding to n_ctx cannot affect causal logits."""
     batch = np.zeros((len(seqs), cfg.n_ctx), np.int32)
     for row, seq in enumerate(seqs):
-        batch[row, :len(seq)] = seq
+        batch[row, : len(seq)] = seq
     return np.asarray(_forward(params, batch, cfg))
 
 
@@ -67,8 +67,10 @@ def _log_probs(params, cfg, prompts, continuations):
     """Total log-probability of each continuation given its prompt, from the uncached forward pass."""
     logits = _full_logits(params, cfg, [p + c for p, c in zip(prompts, continuations)])
     log_probs = np.asarray(jax.nn.log_softmax(logits))
-    return [float(sum(log_probs[row, len(p) - 1 + i, tok] for i, tok in enumerate(c)))
-            for row, (p, c) in enumerate(zip(prompts, continuations))]
+    return [
+        float(sum(log_probs[row, len(p) - 1 + i, tok] for i, tok in enumerate(c)))
+        for row, (p, c) in enumerate(zip(prompts, continuations))
+    ]
 
 
 def _kept(filtered):
@@ -91,8 +93,9 @@ def test_cached_decoding_matches_full_forward(cfg, random_params):
     seqs = [rng.integers(0, cfg.vocab_size, n + n_steps).astype(np.int32) for n in prompt_lengths]
     tokens, lengths = decode.left_pad([s[:n] for s, n in zip(seqs, prompt_lengths)], padded)
 
-    prefill_logits, cache = jax.jit(decode.prefill, static_argnums=(1, 4))(params, cfg, tokens, lengths,
-                                                                            padded + n_steps)
+    prefill_logits, cache = jax.jit(decode.prefill, static_argnums=(1, 4))(
+        params, cfg, tokens, lengths, padded + n_steps
+    )
     step = jax.jit(decode.decode_step, static_argnums=1)
     step_logits = []
     for j in range(n_steps):
@@ -103,8 +106,8 @@ def test_cached_decoding_matches_full_forward(cfg, random_params):
 
     full = _full_logits(params, cfg, seqs)
     for row, n in enumerate(prompt_lengths):
-        np.testing.assert_allclose(prefill_logits[row, padded - n:], full[row, :n], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(step_logits[row], full[row, n:n + n_steps], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(prefill_logits[row, padded - n :], full[row, :n], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(step_logits[row], full[row, n : n + n_steps], rtol=1e-5, atol=1e-5)
     if "banded" in cfg.attention_pattern:  # the band must actually cut context for the test to mean anything
         assert np.abs(_full_logits(params, RANDOM_CFG, seqs) - full).max() > 1e-3
 
@@ -119,7 +122,7 @@ def test_greedy_generation_matches_uncached_argmax(random_params):
         for row, seq in enumerate(expected):
             seq.append(int(np.argmax(logits[row, len(seq) - 1])))
     out = decode.generate(random_params, cfg, PROMPTS, max_new_tokens=n_new)
-    assert out == [seq[len(p):] for p, seq in zip(PROMPTS, expected)]
+    assert out == [seq[len(p) :] for p, seq in zip(PROMPTS, expected)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,11 +131,11 @@ def test_greedy_generation_matches_uncached_argmax(random_params):
 
 def test_greedy_is_deterministic_and_reproduces_the_learnt_pattern(trained_params):
     starts, lengths, n_new = [0, 3, 7], [5, 12, 2], 12
-    prompts = [STREAM[s:s + n] for s, n in zip(starts, lengths)]
+    prompts = [STREAM[s : s + n] for s, n in zip(starts, lengths)]
     first = decode.generate(trained_params, TRAIN_CFG, prompts, max_new_tokens=n_new)
     again = decode.generate(trained_params, TRAIN_CFG, prompts, max_new_tokens=n_new)
     assert first == again
-    assert first == [STREAM[s + n:s + n + n_new] for s, n in zip(starts, lengths)]
+    assert first == [STREAM[s + n : s + n + n_new] for s, n in zip(starts, lengths)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,8 +165,16 @@ def test_wider_beam_finds_at_least_greedys_log_prob(random_params):
 
 def test_beam_on_trained_model_follows_pattern_and_stops(trained_params):
     prompt = STREAM[2:5]  # 4 1 5 -> 9 2 6 5 3 3 1 4 1 5 ...
-    out = decode.generate(trained_params, TRAIN_CFG, [prompt], max_new_tokens=12, method="beam", num_beams=3,
-                          stop_sequences=[[1, 5]], length_penalty=1.0)
+    out = decode.generate(
+        trained_params,
+        TRAIN_CFG,
+        [prompt],
+        max_new_tokens=12,
+        method="beam",
+        num_beams=3,
+        stop_sequences=[[1, 5]],
+        length_penalty=1.0,
+    )
     assert out == [[9, 2, 6, 5, 3, 3, 1, 4]]
 
 
@@ -173,13 +184,23 @@ def test_beam_on_trained_model_follows_pattern_and_stops(trained_params):
 
 def test_sampling_top_k_one_is_greedy_and_keys_are_deterministic(random_params):
     greedy = decode.generate(random_params, RANDOM_CFG, PROMPTS, max_new_tokens=10)
-    top1 = decode.generate(random_params, RANDOM_CFG, PROMPTS, max_new_tokens=10, method="sample", top_k=1,
-                           rng=jax.random.key(7))
+    top1 = decode.generate(
+        random_params, RANDOM_CFG, PROMPTS, max_new_tokens=10, method="sample", top_k=1, rng=jax.random.key(7)
+    )
     assert top1 == greedy
 
     def sample(seed):
-        return decode.generate(random_params, RANDOM_CFG, PROMPTS, max_new_tokens=10, method="sample",
-                               temperature=3.0, top_k=40, top_p=0.95, rng=jax.random.key(seed))
+        return decode.generate(
+            random_params,
+            RANDOM_CFG,
+            PROMPTS,
+            max_new_tokens=10,
+            method="sample",
+            temperature=3.0,
+            top_k=40,
+            top_p=0.95,
+            rng=jax.random.key(seed),
+        )
 
     assert sample(0) == sample(0)
     assert sample(0) != sample(1)
@@ -239,10 +260,9 @@ class PieceVocab:
     def encode(self, text):
         ids = []
         while text:
-            i = max((i for i, p in enumerate(self.PIECES) if text.startswith(p)),
-                    key=lambda i: len(self.PIECES[i]))
+            i = max((i for i, p in enumerate(self.PIECES) if text.startswith(p)), key=lambda i: len(self.PIECES[i]))
             ids.append(i)
-            text = text[len(self.PIECES[i]):]
+            text = text[len(self.PIECES[i]) :]
         return ids
 
     def decode(self, ids):
@@ -255,8 +275,9 @@ def test_generate_text_cuts_at_stop_strings(trained_params):
     assert vocab.decode(STREAM[4:9]) == "fj.cgf"
 
     def gen(until):
-        return decode.generate_text(trained_params, TRAIN_CFG, vocab, [context, context[1:], context[2:]],
-                                    max_new_tokens=12, until=until)
+        return decode.generate_text(
+            trained_params, TRAIN_CFG, vocab, [context, context[1:], context[2:]], max_new_tokens=12, until=until
+        )
 
     assert gen(["."]) == ["fj"] * 3  # "." found inside the merged token "j."
     assert gen(["cg", "."]) == ["fj"] * 3

@@ -5,29 +5,60 @@ from __future__ import annotations
 import base64
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eval.report import ReportError, build_report, report_command
+from eval import metrics
+from eval.metrics import Metric, register_metric
+from eval.report import build_report, report_command
+from eval.results import ReportError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SIZES = (("tiny-small", 1_100_000, 1_000_000), ("tiny-medium", 4_200_000, 4_000_000),
-         ("tiny-large", 16_500_000, 16_000_000))
+SIZES = (
+    ("tiny-small", 1_100_000, 1_000_000),
+    ("tiny-medium", 4_200_000, 4_000_000),
+    ("tiny-large", 16_500_000, 16_000_000),
+)
 KS = (0, 1, 8)
 
 
 def _result(task: str, k: int, metrics: dict[str, float | None], prompt: str | None = None) -> dict[str, Any]:
-    return {"task": task, "split": "validation", "num_fewshot": k, "fewshot_split": "train", "seed": 1234,
-            "num_docs": 500, "metrics": metrics, "example_prompt": prompt or f"{task} prompt, {k} shots\nAnswer:"}
+    return {
+        "task": task,
+        "split": "validation",
+        "num_fewshot": k,
+        "fewshot_split": "train",
+        "seed": 1234,
+        "num_docs": 500,
+        "metrics": metrics,
+        "example_prompt": prompt or f"{task} prompt, {k} shots\nAnswer:",
+    }
 
 
-def _write(path: Path, name: str, params: int, results: list[dict[str, Any]], step: int | None = 1000,
-           non_embedding: int | None = None) -> Path:
-    doc = {"model": {"name": name, "params": params, "non_embedding_params": non_embedding or params - 1000,
-                     "checkpoint": f"runs/{name}/ckpt", "step": step},
-           "tokenizer": "byte", "created": "2026-11-22T00:00:00+00:00", "gptjax_version": "0.1.0", "results": results}
+def _write(
+    path: Path,
+    name: str,
+    params: int,
+    results: list[dict[str, Any]],
+    step: int | None = 1000,
+    non_embedding: int | None = None,
+) -> Path:
+    doc = {
+        "model": {
+            "name": name,
+            "params": params,
+            "non_embedding_params": non_embedding or params - 1000,
+            "checkpoint": f"runs/{name}/ckpt",
+            "step": step,
+        },
+        "tokenizer": "byte",
+        "created": "2026-11-22T00:00:00+00:00",
+        "gptjax_version": "0.1.0",
+        "results": results,
+    }
     path.write_text(json.dumps(doc))
     return path
 
@@ -37,23 +68,44 @@ def _ladder_results(i: int) -> list[dict[str, Any]]:
     results = []
     for j, k in enumerate(KS):
         results += [
-            _result("hellaswag", k, {"acc": 0.30, "acc_stderr": 0.01, "acc_norm": 0.452 + 0.05 * i + 0.01 * j,
-                                     "acc_norm_stderr": 0.011}),
-            _result("lambada_openai", k, {"acc": 0.20 + 0.1 * i, "acc_stderr": 0.006,
-                                          "perplexity": 250.0 / (i + 1), "perplexity_stderr": 12.5}),
-            _result("triviaqa", k, {"exact_match": 0.03 + 0.02 * j, "exact_match_stderr": 0.004, "f1": 0.1,
-                                    "f1_stderr": 0.01}),
+            _result(
+                "hellaswag",
+                k,
+                {"acc": 0.30, "acc_stderr": 0.01, "acc_norm": 0.452 + 0.05 * i + 0.01 * j, "acc_norm_stderr": 0.011},
+            ),
+            _result(
+                "lambada_openai",
+                k,
+                {"acc": 0.20 + 0.1 * i, "acc_stderr": 0.006, "perplexity": 250.0 / (i + 1), "perplexity_stderr": 12.5},
+            ),
+            _result(
+                "triviaqa",
+                k,
+                {"exact_match": 0.03 + 0.02 * j, "exact_match_stderr": 0.004, "f1": 0.1, "f1_stderr": 0.01},
+            ),
         ]
-    results.append(_result("wikitext", 0, {"word_perplexity": 123.456 / (i + 1), "word_perplexity_stderr": None,
-                                           "byte_perplexity": 2.0, "bits_per_byte": 1.0}))
+    results.append(
+        _result(
+            "wikitext",
+            0,
+            {
+                "word_perplexity": 123.456 / (i + 1),
+                "word_perplexity_stderr": None,
+                "byte_perplexity": 2.0,
+                "bits_per_byte": 1.0,
+            },
+        )
+    )
     return results
 
 
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("ladder")
-    paths = [_write(root / f"{name}.json", name, params, _ladder_results(i), non_embedding=non_emb)
-             for i, (name, params, non_emb) in enumerate(SIZES)]
+    paths = [
+        _write(root / f"{name}.json", name, params, _ladder_results(i), non_embedding=non_emb)
+        for i, (name, params, non_emb) in enumerate(SIZES)
+    ]
     out = root / "report"
     return out, build_report(paths, out)
 
@@ -102,9 +154,17 @@ def test_html_is_self_contained_and_well_formed(ladder: tuple[Path, dict[str, Pa
 def test_plots_are_non_empty_png_and_svg(ladder: tuple[Path, dict[str, Path]]) -> None:
     out, written = ladder
     pngs = sorted(key for key in written if key.endswith(".png"))
-    assert pngs == sorted(["plots/aggregate.png", *(f"plots/{kind}_{task}.png" for kind in ("task", "scaling")
-                                                     for task in ("hellaswag", "lambada_openai", "triviaqa")),
-                           "plots/scaling_wikitext.png"])  # wikitext has one K, so no plot against K
+    assert pngs == sorted(
+        [
+            "plots/aggregate.png",
+            *(
+                f"plots/{kind}_{task}.png"
+                for kind in ("task", "scaling")
+                for task in ("hellaswag", "lambada_openai", "triviaqa")
+            ),
+            "plots/scaling_wikitext.png",
+        ]
+    )  # wikitext has one K, so no plot against K
     for key in pngs:
         assert written[key] == out / key
         data = written[key].read_bytes()
@@ -115,8 +175,10 @@ def test_plots_are_non_empty_png_and_svg(ladder: tuple[Path, dict[str, Path]]) -
 
 
 def test_total_parameter_axis_is_named(tmp_path: Path) -> None:
-    paths = [_write(tmp_path / f"{i}.json", f"m{i}", 10**6 * (i + 1), [_result("piqa", 0, {"acc_norm": 0.6})])
-             for i in range(2)]
+    paths = [
+        _write(tmp_path / f"{i}.json", f"m{i}", 10**6 * (i + 1), [_result("piqa", 0, {"acc_norm": 0.6})])
+        for i in range(2)
+    ]
     written = build_report(paths, tmp_path / "out", params_kind="params")
     assert "Parameters, including embeddings (log scale)" in written["plots/scaling_piqa.svg"].read_text()
 
@@ -149,6 +211,25 @@ def test_metric_preference_chooses_the_primary_metric(tmp_path: Path) -> None:
         build_report([path], tmp_path / "out2", {"hellaswag": "bleu"})
 
 
+@pytest.fixture
+def probe_metric() -> Iterator[Metric]:
+    """A lower-is-better metric registered for one test, as a module adding its own metrics would."""
+    metric = register_metric(
+        Metric("probe_loss", metrics.mean, bootstrap=False, higher_is_better=False, percentage=False)
+    )
+    yield metric
+    del metrics._REGISTERED[metric.name]
+
+
+def test_direction_and_percentage_come_from_the_metric_table(tmp_path: Path, probe_metric: Metric) -> None:
+    results = [_result("probe", 0, {"bleu": 0.25, "probe_loss": 0.5, "probe_loss_stderr": 0.01})]
+    build_report([_write(tmp_path / "m.json", "m", 10**6, results)], tmp_path / "out", {"probe": "probe_loss"})
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| probe | probe_loss ↓ | 0 | 0.500 ± 0.010 |" in md  # registered: lower is better, not a percentage
+    # bleu is in no table: higher is better, and shown as is although every value lies in [0, 1].
+    assert "| Docs | probe_loss ↓ | bleu ↑ |" in md and "| 500 | 0.500 ± 0.010 | 0.250 |" in md
+
+
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     good = [_result("piqa", 0, {"acc": 0.6})]
     no_metrics = {k: v for k, v in good[0].items() if k != "metrics"}
@@ -159,21 +240,31 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "broken.json").write_text("{not json")
     return {
         "invalid JSON": (tmp_path / "broken.json", r"broken\.json is not valid JSON"),
-        "missing metrics": (_write(tmp_path / "nometrics.json", "m", 10**6, [*good, no_metrics]),
-                            r"nometrics\.json is not a gptjax results file: missing key 'results\[1\]\.metrics'"),
+        "missing metrics": (
+            _write(tmp_path / "nometrics.json", "m", 10**6, [*good, no_metrics]),
+            r"nometrics\.json is not a gptjax results file: missing key 'results\[1\]\.metrics'",
+        ),
         "missing params": (missing_params, r"params\.json is not a gptjax results file: missing key 'model\.params'"),
-        "wrong type": (_write(tmp_path / "type.json", "m", 10**6, [{**good[0], "num_fewshot": "0"}]),
-                       r"type\.json: results\[0\]\.num_fewshot must be int, got '0'"),
-        "bad metric": (_write(tmp_path / "metric.json", "m", 10**6, [_result("piqa", 0, {"acc": "high"})]),
-                       r"metric\.json: results\[0\]\.metrics\.acc must be a number, got 'high'"),
+        "wrong type": (
+            _write(tmp_path / "type.json", "m", 10**6, [{**good[0], "num_fewshot": "0"}]),
+            r"type\.json: results\[0\]\.num_fewshot must be int, got '0'",
+        ),
+        "bad metric": (
+            _write(tmp_path / "metric.json", "m", 10**6, [_result("piqa", 0, {"acc": "high"})]),
+            r"metric\.json: results\[0\]\.metrics\.acc must be a number, got 'high'",
+        ),
         "empty results": (_write(tmp_path / "empty.json", "m", 10**6, []), r"empty\.json has no results"),
-        "repeated task": (_write(tmp_path / "twice.json", "m", 10**6, good * 2),
-                          r"twice\.json: results\[0\] and results\[1\] are both task 'piqa' at num_fewshot=0"),
+        "repeated task": (
+            _write(tmp_path / "twice.json", "m", 10**6, good * 2),
+            r"twice\.json: results\[0\] and results\[1\] are both task 'piqa' at num_fewshot=0",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["invalid JSON", "missing metrics", "missing params", "wrong type", "bad metric",
-                                  "empty results", "repeated task"])
+@pytest.mark.parametrize(
+    "case",
+    ["invalid JSON", "missing metrics", "missing params", "wrong type", "bad metric", "empty results", "repeated task"],
+)
 def test_invalid_results_files_are_named(tmp_path: Path, case: str) -> None:
     path, message = _bad_files(tmp_path)[case]
     with pytest.raises(ReportError, match=message):
@@ -195,8 +286,9 @@ def test_missing_file_empty_input_and_duplicates_are_errors(tmp_path: Path) -> N
 
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     paths = [str(_write(tmp_path / f"{i}.json", f"m{i}", 10**6 * (i + 1), _ladder_results(i))) for i in range(2)]
-    assert report_command([*paths, "--out", str(tmp_path / "out"), "--metric", "hellaswag=acc",
-                           "--params", "total"]) == 0
+    assert (
+        report_command([*paths, "--out", str(tmp_path / "out"), "--metric", "hellaswag=acc", "--params", "total"]) == 0
+    )
     assert "report.md" in capsys.readouterr().out
     assert "| hellaswag | acc ↑ | 0 | 30.0 ± 1.0 | 30.0 ± 1.0 |" in (tmp_path / "out" / "report.md").read_text()
     assert (tmp_path / "out" / "plots" / "aggregate.png").is_file()

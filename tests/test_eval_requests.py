@@ -10,8 +10,16 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import postprocess_generated_text
 
-from eval.requests import (disjoint_window, encode_pair, encode_request, model_input, rolling_requests,
-                           rolling_windows, split_request, truncate_generation)
+from eval.requests import (
+    disjoint_window,
+    encode_pair,
+    encode_request,
+    model_input,
+    rolling_requests,
+    rolling_windows,
+    split_request,
+    truncate_generation,
+)
 from gptjax.tokenizers import get_vocabulary
 
 PAIRS = [
@@ -35,9 +43,12 @@ def gpt2():
 
 def _lm_eval_model(vocab) -> SimpleNamespace:
     """An object with just what TemplateLM's methods read, so lm-eval's own code does the splitting."""
-    fake = SimpleNamespace(backend="causal", prefix_token_id=vocab.eos_id,
-                           tok_encode=lambda s, add_special_tokens=None: list(vocab.encode(s)),
-                           _loglikelihood_tokens=lambda reqs, **_: [(ctx, cont) for _, ctx, cont in reqs])
+    fake = SimpleNamespace(
+        backend="causal",
+        prefix_token_id=vocab.eos_id,
+        tok_encode=lambda s, add_special_tokens=None: list(vocab.encode(s)),
+        _loglikelihood_tokens=lambda reqs, **_: [(ctx, cont) for _, ctx, cont in reqs],
+    )
     fake._encode_pair = lambda c, k: TemplateLM._encode_pair(fake, c, k)
     return fake
 
@@ -75,8 +86,10 @@ def test_split_request_chunks_long_continuations() -> None:
 def test_rolling_windows_match_lm_eval(n_tokens: int, max_len: int) -> None:
     tokens = [random.Random(n_tokens).randrange(100) for _ in range(n_tokens)]
     ours = [disjoint_window(w) for w in rolling_windows(tokens, 999, max_len)]
-    theirs = [lm_utils.make_disjoint_window(w)
-              for w in lm_utils.get_rolling_token_windows(tokens, prefix_token=999, max_seq_len=max_len, context_len=1)]
+    theirs = [
+        lm_utils.make_disjoint_window(w)
+        for w in lm_utils.get_rolling_token_windows(tokens, prefix_token=999, max_seq_len=max_len, context_len=1)
+    ]
     assert ours == [tuple(map(list, w)) for w in theirs]
     assert [t for _, cont in ours for t in cont] == tokens  # every token predicted exactly once
 

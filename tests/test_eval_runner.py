@@ -44,21 +44,40 @@ class FakeLM:
         return [self.generations[i % len(self.generations)] for i in range(len(requests))]
 
 
-SCHEMA = {"task": str, "split": str, "num_fewshot": int, "fewshot_split": str, "seed": int, "num_docs": int,
-          "metrics": dict, "example_prompt": str}
+SCHEMA = {
+    "task": str,
+    "split": str,
+    "num_fewshot": int,
+    "fewshot_split": str,
+    "seed": int,
+    "num_docs": int,
+    "metrics": dict,
+    "example_prompt": str,
+}
 
 
 def test_evaluate_tiny_gptjax_model_on_piqa(tmp_path: Path) -> None:
     cfg = ModelConfig(vocab_size=257, n_ctx=128, n_layer=2, n_head=2, d_model=32)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-    lm = GptjaxLM(init_params(cfg, jax.random.key(0)), cfg, get_vocabulary("byte"), name="tiny-random",
-                  mesh=mesh, batch_tokens=1024)
+    lm = GptjaxLM(
+        init_params(cfg, jax.random.key(0)),
+        cfg,
+        get_vocabulary("byte"),
+        name="tiny-random",
+        mesh=mesh,
+        batch_tokens=1024,
+    )
     results = evaluate(lm, ["piqa"], shots=[0, 2], limit=20)
     path = write_results(tmp_path / "results.json", results)
 
     written = json.loads(path.read_text())
-    assert written["model"] == {"name": "tiny-random", "params": lm.info.params,
-                                "non_embedding_params": lm.info.non_embedding_params, "checkpoint": None, "step": None}
+    assert written["model"] == {
+        "name": "tiny-random",
+        "params": lm.info.params,
+        "non_embedding_params": lm.info.non_embedding_params,
+        "checkpoint": None,
+        "step": None,
+    }
     assert written["tokenizer"] == "byte" and written["gptjax_version"] == "0.1.0"
     assert written["created"].endswith("+00:00")
     assert [(r["task"], r["num_fewshot"]) for r in written["results"]] == [("piqa", 0), ("piqa", 2)]
@@ -80,8 +99,9 @@ def test_evaluate_tiny_gptjax_model_on_piqa(tmp_path: Path) -> None:
     task = Task("piqa")
     doc = task.eval_docs()[3]
     requests = task.instance(3, doc, two["samples"][3]["fewshot_ids"]).requests
-    assert [r.logprob for r in lm.loglikelihood(requests)] == pytest.approx(two["samples"][3]["loglikelihoods"],
-                                                                             abs=1e-5)
+    assert [r.logprob for r in lm.loglikelihood(requests)] == pytest.approx(
+        two["samples"][3]["loglikelihoods"], abs=1e-5
+    )
     from eval.report import load_results  # the report generator reads what evaluate writes
 
     assert [r.num_fewshot for r in load_results(path).results] == [0, 2]
@@ -119,8 +139,10 @@ def test_generation_exact_match_and_f1() -> None:
 def test_rolling_perplexity_counts_words_and_bytes_of_the_original_document(tmp_path: Path) -> None:
     (tmp_path / "corpus.txt").write_text("one two @-@ three\nfour\n")
     spec = tmp_path / "tiny_corpus.yaml"
-    spec.write_text("task: tiny_corpus\noutput_type: loglikelihood_rolling\ncorpus: corpus.txt\n"
-                    "detokenizer: wikitext\nmetrics: [word_perplexity, byte_perplexity, bits_per_byte]\n")
+    spec.write_text(
+        "task: tiny_corpus\noutput_type: loglikelihood_rolling\ncorpus: corpus.txt\n"
+        "detokenizer: wikitext\nmetrics: [word_perplexity, byte_perplexity, bits_per_byte]\n"
+    )
     result = evaluate(FakeLM(), [spec], shots=[0, 3], corpus_dir=tmp_path)["results"]
     assert len(result) == 1 and result[0]["num_fewshot"] == 0  # corpora are scored once, without examples
     metrics = result[0]["metrics"]

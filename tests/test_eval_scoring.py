@@ -13,7 +13,7 @@ from jax.sharding import AxisType
 
 from eval.gptjax_lm import GptjaxLM
 from eval.requests import GenerationRequest
-from eval.scoring import BatchScorer, build_trees, bucket_lengths, scored_width
+from eval.scoring import BatchScorer, bucket_lengths, build_trees, scored_width
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import forward, init_params
 from gptjax.tokenizers import get_vocabulary
@@ -35,15 +35,22 @@ def byte_vocab():
 
 
 def _features(params, rows, cfg=CFG):
-    return forward(params, rows.tokens, cfg, positions=rows.positions, segment_ids=rows.segment_ids,
-                   branch_ids=rows.branch_ids, return_features=True)
+    return forward(
+        params,
+        rows.tokens,
+        cfg,
+        positions=rows.positions,
+        segment_ids=rows.segment_ids,
+        branch_ids=rows.branch_ids,
+        return_features=True,
+    )
 
 
 def _banded_features(params, rows):
     return _features(params, rows, BANDED)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward_row(cfg: ModelConfig):
     return jax.jit(lambda p, tokens: forward(p, tokens, cfg)[0])
 
@@ -51,17 +58,20 @@ def _forward_row(cfg: ModelConfig):
 def _logits(params, tokens: list[int], cfg: ModelConfig = CFG) -> np.ndarray:
     """Logits of one sequence, alone in its row (right padding cannot reach it under the causal mask)."""
     row = np.zeros((1, cfg.n_ctx), np.int32)
-    row[0, :len(tokens)] = tokens
-    return np.asarray(_forward_row(cfg)(params, row), np.float64)[:len(tokens)]
+    row[0, : len(tokens)] = tokens
+    return np.asarray(_forward_row(cfg)(params, row), np.float64)[: len(tokens)]
 
 
 def _naive(params, ctx: list[int], cont: list[int], cfg: ModelConfig = CFG) -> tuple[float, bool]:
     """One request at a time, lm-eval's truncation, log-softmax then gather (as HFLM does)."""
-    whole = (ctx + cont)[-(cfg.n_ctx + 1):]
+    whole = (ctx + cont)[-(cfg.n_ctx + 1) :]
     logits = _logits(params, whole[:-1], cfg)
-    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    log_probs = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
-    rows, targets = log_probs[-len(cont):], np.array(whole[-len(cont):])
+    )
+    rows, targets = log_probs[-len(cont) :], np.array(whole[-len(cont) :])
     return float(rows[np.arange(len(cont)), targets].sum()), bool((rows.argmax(-1) == targets).all())
 
 
@@ -85,8 +95,9 @@ def _auto_mesh() -> jax.sharding.Mesh:
 @pytest.mark.parametrize("sharded", [False, True])
 def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
     requests = _random_requests(60)
-    scorer = BatchScorer(_features, params, params["wte"], CFG.n_ctx, batch_tokens=256,
-                         mesh=_auto_mesh() if sharded else None)
+    scorer = BatchScorer(
+        _features, params, params["wte"], CFG.n_ctx, batch_tokens=256, mesh=_auto_mesh() if sharded else None
+    )
     got = scorer(requests)
     for (ctx, cont), (logprob, greedy) in zip(requests, got):
         want_lp, want_greedy = _naive(params, ctx, cont)
@@ -105,8 +116,9 @@ def test_prefix_trees_and_vocab_slices_match_naive_loop_with_banded_attention(pa
     the sliced LM head reduces to the same log-softmax and argmax."""
     requests = _random_requests(40, seed=1)
     # vocab_slice 100: the LM head in three slices of the 257-token vocabulary.
-    got = BatchScorer(_banded_features, params, params["wte"], BANDED.n_ctx, batch_tokens=256,
-                      vocab_slice=100)(requests)
+    got = BatchScorer(_banded_features, params, params["wte"], BANDED.n_ctx, batch_tokens=256, vocab_slice=100)(
+        requests
+    )
     for (ctx, cont), (logprob, greedy) in zip(requests, got):
         want_lp, want_greedy = _naive(params, ctx, cont, BANDED)
         assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
@@ -133,8 +145,18 @@ def test_build_trees_shares_prefixes_within_the_window() -> None:
 
 
 def test_scored_width() -> None:
-    assert [scored_width(n, 1024) for n in (1, 5, 8, 9, 11, 17, 33, 180, 200, 257)] == \
-        [1, 5, 8, 10, 12, 20, 40, 192, 224, 320]
+    assert [scored_width(n, 1024) for n in (1, 5, 8, 9, 11, 17, 33, 180, 200, 257)] == [
+        1,
+        5,
+        8,
+        10,
+        12,
+        20,
+        40,
+        192,
+        224,
+        320,
+    ]
     assert scored_width(200, 128) == 128
 
 
@@ -180,7 +202,7 @@ def test_lm_scores_strings_and_long_continuations(params, byte_vocab) -> None:
     assert not results[0].truncated and results[1].truncated
     # A continuation longer than the window is scored in window-sized chunks, each with its left context.
     ctx, cont = list(long[0].encode()), list(long[1].encode())
-    chunks = [_naive(params, ctx + cont[:s], cont[s:s + CFG.n_ctx])[0] for s in range(0, len(cont), CFG.n_ctx)]
+    chunks = [_naive(params, ctx + cont[:s], cont[s : s + CFG.n_ctx])[0] for s in range(0, len(cont), CFG.n_ctx)]
     assert len(chunks) == 2 and results[1].logprob == pytest.approx(sum(chunks), abs=1e-4)
 
 
@@ -189,7 +211,7 @@ def test_rolling_loglikelihood_sums_disjoint_windows(params, byte_vocab) -> None
     text = "The quick brown fox jumps over the lazy dog. " * 4  # 180 bytes: three windows of 64
     tokens = list(text.encode())
     want = _naive(params, [byte_vocab.eos_id], tokens[:64])[0]
-    want += sum(_naive(params, tokens[:s], tokens[s:s + 64])[0] for s in range(64, len(tokens), 64))
+    want += sum(_naive(params, tokens[:s], tokens[s : s + 64])[0] for s in range(64, len(tokens), 64))
     assert lm.loglikelihood_rolling([text])[0] == pytest.approx(want, abs=1e-4)
 
 
@@ -198,7 +220,7 @@ def test_generate_until_is_greedy_and_cut_at_stop_strings(params, byte_vocab) ->
     contexts = ["Question: what?\nAnswer:", "abc", "x" * 100]  # the last is left-truncated to 64 - 12 tokens
     got = lm.generate_until([GenerationRequest(c, ("\n", "."), None) for c in contexts])
     for context, text in zip(contexts, got):
-        tokens = list(context.encode())[-(CFG.n_ctx - 12):]
+        tokens = list(context.encode())[-(CFG.n_ctx - 12) :]
         for _ in range(12):
             tokens.append(int(_logits(params, tokens)[-1].argmax()))
         want = byte_vocab.decode(tokens[-12:])

@@ -15,12 +15,19 @@ from eval.registry import TaskError, get_spec, list_tasks
 from eval.task import Task
 from gptjax.paths import data_dir
 
+from requirements import need_modules
+
 BENCHMARKS = data_dir() / "benchmarks"
 LM_EVAL_YAMLS = {
-    "piqa": "piqa/piqa.yaml", "hellaswag": "hellaswag/hellaswag.yaml", "arc_easy": "arc/arc_easy.yaml",
-    "arc_challenge": "arc/arc_challenge.yaml", "openbookqa": "openbookqa/openbookqa.yaml",
-    "winogrande": "winogrande/default.yaml", "boolq": "super_glue/boolq/default.yaml",
-    "copa": "super_glue/copa/default.yaml", "triviaqa": "triviaqa/default.yaml",
+    "piqa": "piqa/piqa.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "boolq": "super_glue/boolq/default.yaml",
+    "copa": "super_glue/copa/default.yaml",
+    "triviaqa": "triviaqa/default.yaml",
     "lambada_openai": "lambada/lambada_openai.yaml",
 }
 N_POOL, N_EVAL = 40, 6
@@ -49,7 +56,7 @@ def _lm_eval_doc(task: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 def _lm_eval_requests(task: str, splits: dict[str, list[dict[str, Any]]], k: int) -> dict[int, list[tuple]]:
     """lm-eval's own request arguments for the first N_EVAL documents, from its YAML and the same rows."""
-    datasets = pytest.importorskip("datasets")
+    (datasets,) = need_modules("datasets")
     import lm_eval
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
@@ -60,8 +67,9 @@ def _lm_eval_requests(task: str, splits: dict[str, list[dict[str, Any]]], k: int
             cfg[key] = None
     if task == "hellaswag":  # the shared rows are already process_docs' output
         cfg |= {"process_docs": None, "doc_to_target": "{{gold}}"}
-    dataset = datasets.DatasetDict({split: datasets.Dataset.from_list([_lm_eval_doc(task, d) for d in rows])
-                                    for split, rows in splits.items()})
+    dataset = datasets.DatasetDict(
+        {split: datasets.Dataset.from_list([_lm_eval_doc(task, d) for d in rows]) for split, rows in splits.items()}
+    )
     cfg["custom_dataset"] = lambda **_: dataset
     lm_task = ConfigurableTask(config=cfg)
     lm_task.set_config("num_fewshot", k)
@@ -110,23 +118,31 @@ def test_exact_prompt_strings() -> None:
     silently changing both sides of the parity test)."""
     piqa = _first_doc_request("piqa")
     assert piqa[0][0] == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
-    assert piqa[0][1].startswith(" Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper")
+    assert piqa[0][1].startswith(
+        " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper"
+    )
     copa = _first_doc_request("copa")
-    assert copa == [("The man turned on the faucet therefore", "  the toilet filled with water."),
-                    ("The man turned on the faucet therefore", "  water flowed from the spout.")]
+    assert copa == [
+        ("The man turned on the faucet therefore", "  the toilet filled with water."),
+        ("The man turned on the faucet therefore", "  water flowed from the spout."),
+    ]
     wino = _first_doc_request("winogrande")
-    assert wino == [("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
-                    ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")]
+    assert wino == [
+        ("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+        ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."),
+    ]
     arc = Task("arc_easy")
     assert arc.eval_split == "test"
-    assert arc.instance(0, arc.eval_docs()[0]).calibration[0] == ("Answer:", " Sunlight is the source of energy for "
-                                                                  "nearly all ecosystems.")
+    assert arc.instance(0, arc.eval_docs()[0]).calibration[0] == (
+        "Answer:",
+        " Sunlight is the source of energy for nearly all ecosystems.",
+    )
     boolq = _first_doc_request("boolq")
     assert boolq[0][0].endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
     assert [c for _, c in boolq] == [" no", " yes"]
-    assert _first_doc_request("triviaqa") == [(
-        "Question: Brunswick, Lancastrian and Pearl Pickler are types of which vegetable??\nAnswer:",
-        ("\n", ".", ","))]
+    assert _first_doc_request("triviaqa") == [
+        ("Question: Brunswick, Lancastrian and Pearl Pickler are types of which vegetable??\nAnswer:", ("\n", ".", ","))
+    ]
     lambada = _first_doc_request("lambada_openai")
     assert lambada[0][1] == " signs" and lambada[0][0].endswith("I don't care about")
 
@@ -188,12 +204,21 @@ def test_missing_data_file_names_the_path(tmp_path: Path) -> None:
 
 def _write_user_task(tmp_path: Path, **extra: Any) -> Path:
     (tmp_path / "qa").mkdir()
-    rows = [{"question": f"What is {i} plus {i}", "options": [str(2 * i), str(2 * i + 1)], "answer_index": 0}
-            for i in range(5)]
+    rows = [
+        {"question": f"What is {i} plus {i}", "options": [str(2 * i), str(2 * i + 1)], "answer_index": 0}
+        for i in range(5)
+    ]
     (tmp_path / "qa" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines = ["task: my_qa", "output_type: multiple_choice", "data_files: {validation: qa/dev.jsonl}",
-             "validation_split: validation", 'doc_to_text: "Q: {{question}}?\\nA:"', 'doc_to_choice: "{{options}}"',
-             'doc_to_target: "{{answer_index}}"', "metrics: [acc, acc_norm]"] + [f"{k}: {v}" for k, v in extra.items()]
+    lines = [
+        "task: my_qa",
+        "output_type: multiple_choice",
+        "data_files: {validation: qa/dev.jsonl}",
+        "validation_split: validation",
+        'doc_to_text: "Q: {{question}}?\\nA:"',
+        'doc_to_choice: "{{options}}"',
+        'doc_to_target: "{{answer_index}}"',
+        "metrics: [acc, acc_norm]",
+    ] + [f"{k}: {v}" for k, v in extra.items()]
     path = tmp_path / "my_qa.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -202,8 +227,10 @@ def _write_user_task(tmp_path: Path, **extra: Any) -> Path:
 def test_user_task_from_yaml_and_jsonl(tmp_path: Path) -> None:
     task = Task(_write_user_task(tmp_path))
     assert task.name == "my_qa" and task.eval_split == "validation"
-    assert task.instance(0, task.eval_docs()[3], []).requests == [("Q: What is 3 plus 3?\nA:", " 6"),
-                                                                   ("Q: What is 3 plus 3?\nA:", " 7")]
+    assert task.instance(0, task.eval_docs()[3], []).requests == [
+        ("Q: What is 3 plus 3?\nA:", " 6"),
+        ("Q: What is 3 plus 3?\nA:", " 7"),
+    ]
     assert task.fewshot_split == "validation" and task.excludes_eval_doc
 
 

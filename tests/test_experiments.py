@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import fits
+from experiments import fits, runner
 from experiments.cli import sweep_command
 from experiments.registry import RECORD_FIELDS, read_registry, rebuild_registry
-from experiments.runner import FAILURES_FILE, SweepIncomplete, run_sweep
+from experiments.report import build_sweep_report
+from experiments.runner import SweepIncomplete, run_sweep
 from experiments.sweep import SweepFileError, embedded_sweeps, load_sweep
+from gptjax import model
+from gptjax.config import get_preset
+from gptjax.reporting import human, pm
+from gptjax.rundir import SweepDir
 
 # ---------------------------------------------------------------------------------------------------------
 # Fits: parameters are recovered within a tolerance set by the noise, through the linearised standard error
@@ -77,20 +82,41 @@ def test_chinchilla_recovers_exponents():
     np.testing.assert_allclose(fit.predict(n, d), law([fit.params[k] for k in ("E", "A", "alpha", "B", "beta")]))
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: fits.fit_power_law([1e4, 1e5], [3.0, 2.5]), "needs at least 3 points, got 2"),
-    (lambda: fits.fit_power_law([1e4, 1e4, 1e4], [3.0, 2.9, 3.1]), "at least 2 distinct values of x"),
-    (lambda: fits.fit_saturating_power_law([1e4, 1e5, 1e6], [3.0, 2.5, 2.2]), "needs at least 4 points, got 3"),
-    (lambda: fits.fit_chinchilla([1e4] * 3 + [1e5] * 2, [1e6, 1e7] * 2 + [1e8], [3.0] * 5),
-     "needs at least 6 points, got 5"),
-    (lambda: fits.fit_chinchilla([1e4, 1e5, 1e6] * 2, [1e6] * 6, [3.0, 2.5, 2.2] * 2),
-     "at least 2 distinct values of D"),
-    (lambda: fits.fit_power_law([1e4, 1e5, 1e6], [3.0, -1.0, 2.0]), "loss must be positive and finite"),
-    (lambda: fits.fit_power_law([1e4, 1e5, 1e6], [3.0, 2.0]), "differ in length"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: fits.fit_power_law([1e4, 1e5], [3.0, 2.5]), "needs at least 3 points, got 2"),
+        (lambda: fits.fit_power_law([1e4, 1e4, 1e4], [3.0, 2.9, 3.1]), "at least 2 distinct values of x"),
+        (lambda: fits.fit_saturating_power_law([1e4, 1e5, 1e6], [3.0, 2.5, 2.2]), "needs at least 4 points, got 3"),
+        (
+            lambda: fits.fit_chinchilla([1e4] * 3 + [1e5] * 2, [1e6, 1e7] * 2 + [1e8], [3.0] * 5),
+            "needs at least 6 points, got 5",
+        ),
+        (
+            lambda: fits.fit_chinchilla([1e4, 1e5, 1e6] * 2, [1e6] * 6, [3.0, 2.5, 2.2] * 2),
+            "at least 2 distinct values of D",
+        ),
+        (lambda: fits.fit_power_law([1e4, 1e5, 1e6], [3.0, -1.0, 2.0]), "loss must be positive and finite"),
+        (lambda: fits.fit_power_law([1e4, 1e5, 1e6], [3.0, 2.0]), "differ in length"),
+    ],
+)
 def test_fits_reject_data_that_cannot_determine_the_law(call, message):
     with pytest.raises(fits.FitError, match=re.escape(message)):
         call()
+
+
+def test_scaling_laws_are_one_table_of_forms_in_named_variables():
+    laws = fits.SCALING_LAWS
+    assert list(laws) == ["L(N)", "L(N) with E", "L(C)", "L(N, D)"]
+    assert laws["L(C)"].formula == "L(C) = (C_c / C)^α" and laws["L(C)"].symbol("x_c") == "C_c"
+    assert laws["L(N) with E"].formula == "L(N) = E + A / N^α" and laws["L(N)"].symbol("alpha") == "α"
+    assert laws["L(N, D)"].formula == fits.FORMULAS["chinchilla"] == "L(N, D) = E + A / N^α + B / D^β"
+
+
+def test_fitted_values_are_written_with_the_digits_their_error_supports():
+    assert pm(0.0762, 0.0021) == "0.0762 ± 0.0021" and pm(406.4, 19.0) == "406 ± 19"
+    assert pm(2.5, float("nan")) == "2.5" and pm(8.8e13, 1e13) == "8.8e+13 ± 1e+13"
+    assert (human(25472), human(6.3e11), human(768)) == ("25.5k", "630G", "768")
 
 
 def test_compute_frontier_keeps_points_nothing_cheaper_beats():
@@ -104,35 +130,52 @@ def test_compute_frontier_keeps_points_nothing_cheaper_beats():
 
 
 def _write_sweep(path: Path, presets: list[str], steps: list[int], cache: Path) -> Path:
-    overrides = ["batch_size=8", "seq_len=32", "optim.warmup_steps=1", "log_every=1", "eval_every=100",
-                 "eval_batches=1", "checkpoint_every=100", f"data.cache_dir={cache}"]
-    path.write_text(f'name = "micro"\n[base]\noverrides = {json.dumps(overrides)}\n'
-                    f"[axes]\npresets = {json.dumps(presets)}\nsteps = {json.dumps(steps)}\n")
+    path.write_text(
+        f'name = "micro"\n[base]\nbatch_size = 8\nseq_len = 32\noptim.warmup_steps = 1\n'
+        f"logging.every = 1\nheld_out = {{ every = 100, batches = 1 }}\ncheckpoint.every = 100\n"
+        f'data.cache_dir = "{cache}"\n'
+        f"[axes]\npresets = {json.dumps(presets)}\nsteps = {json.dumps(steps)}\n"
+    )
     return path
 
 
 def test_sweep_file_points_and_token_budgets(tmp_path):
     path = tmp_path / "s.toml"
-    path.write_text('[base]\noverrides = ["batch_size=8", "seq_len=32"]\n'
-                    '[axes]\npresets = ["tiny-25k", "tiny-80k"]\ntokens = [1000, 2.56e3]\nseeds = [0, 3]\n')
+    path.write_text(
+        "[base]\nbatch_size = 8\nseq_len = 32\noptim.warmup_steps = 1\n"
+        '[axes]\npresets = ["tiny-25k", "tiny-80k"]\ntokens = [1000, 2.56e3]\nseeds = [0, 3]\n'
+    )
     sweep = load_sweep(path)
     assert sweep.name == "s"
-    assert [p.name for p in sweep.points][:4] == ["tiny-25k_1ktok_seed0", "tiny-25k_1ktok_seed3",
-                                                  "tiny-25k_2.56ktok_seed0", "tiny-25k_2.56ktok_seed3"]
+    assert [p.name for p in sweep.points][:4] == [
+        "tiny-25k_1ktok_seed0",
+        "tiny-25k_1ktok_seed3",
+        "tiny-25k_2.56ktok_seed0",
+        "tiny-25k_2.56ktok_seed3",
+    ]
     run = sweep.points[2].run_config(sweep, tmp_path / "run")
     assert (run.steps, run.seed, run.model.name) == (10, 0, "tiny-25k")  # ceil(2560 / (8 * 32))
     assert len(load_sweep(embedded_sweeps()["tiny_ladder"]).points) == 8
 
 
-@pytest.mark.parametrize("text,message", [
-    ('[axes]\npresets = ["tiny-25k"]\nsteps = [5]\ntokens = [100]\n', "exactly one of steps and tokens"),
-    ('[axes]\npresets = ["tiny-25k"]\nstep = [5]\n', "unknown key(s) step; valid keys: presets, seeds, steps, tokens"),
-    ('[base]\noverrides = ["steps=5"]\n[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n', "sets steps, which the sweep"),
-    ('[base]\noverrides = ["optim.lr=1"]\n[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n',
-     "unknown config key 'optim.lr'"),
-    ('[axes]\npresets = ["tiny-25k"]\nsteps = [0, 5]\n', "steps must be positive, got [0]"),
-    ('[axes]\nsteps = [5]\n', "name the model(s)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('[axes]\npresets = ["tiny-25k"]\nsteps = [5]\ntokens = [100]\n', "exactly one of steps and tokens"),
+        (
+            '[axes]\npresets = ["tiny-25k"]\nstep = [5]\n',
+            "unknown key(s) step; valid keys: presets, seeds, steps, tokens",
+        ),
+        ('[base]\nsteps = 5\n[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n', "sets steps, which the sweep"),
+        ('[base]\noptim.lr = 1\n[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n', "unknown config key 'optim.lr'"),
+        (
+            '[base]\nbatch_size = "8"\n[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n',
+            "batch_size='8' is not a valid int",
+        ),
+        ('[axes]\npresets = ["tiny-25k"]\nsteps = [0, 5]\n', "steps must be positive, got [0]"),
+        ("[axes]\nsteps = [5]\n", "name the model(s)"),
+    ],
+)
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -170,9 +213,6 @@ def micro(tmp_path_factory) -> Micro:
 
 
 def test_micro_sweep_writes_runs_registry_and_report(micro):
-    from gptjax import model
-    from gptjax.config import get_preset
-
     sweep_dir = micro.sweep_dir
     assert micro.error.result.trained == GOOD and not micro.error.result.skipped
     records = read_registry(sweep_dir)
@@ -201,7 +241,7 @@ def test_micro_sweep_writes_runs_registry_and_report(micro):
 def test_a_bad_point_fails_alone_and_is_named(micro, capsys):
     assert micro.error.result.failed.keys() == {BAD}  # and the points after it still ran (test above)
     assert f"1 of 3 points failed: {BAD} (ConfigError: unknown preset 'tiny-bogus'" in str(micro.error)
-    failure = json.loads((micro.sweep_dir / FAILURES_FILE).read_text())
+    failure = json.loads(SweepDir(micro.sweep_dir).failures_file.read_text())
     assert failure["name"] == BAD and "Traceback" in failure["traceback"]
     assert f"Failed in the last invocation: {BAD}" in (micro.sweep_dir / "report" / "report.md").read_text()
 
@@ -213,8 +253,6 @@ def test_a_bad_point_fails_alone_and_is_named(micro, capsys):
 
 
 def test_rerun_skips_done_points_and_resumes_unfinished_ones(micro, monkeypatch, capsys):
-    import gptjax.train
-
     metrics = micro.sweep_dir / "runs" / GOOD[0] / "metrics.jsonl"
     before = metrics.read_text()
 
@@ -222,11 +260,11 @@ def test_rerun_skips_done_points_and_resumes_unfinished_ones(micro, monkeypatch,
         raise AssertionError("a finished point was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(gptjax.train, "Trainer", no_training)
+        patch.setattr(runner, "Trainer", no_training)
         again = run_sweep(micro.good_file, micro.sweep_dir, progress=False, report=False)
     assert again.skipped == GOOD and not again.trained
     assert metrics.read_text() == before
-    assert not (micro.sweep_dir / FAILURES_FILE).exists()  # it lists the last invocation's failures only
+    assert not SweepDir(micro.sweep_dir).failures_file.exists()  # it lists the last invocation's failures only
 
     # An interrupted point (no DONE yet) resumes from its checkpoint instead of starting over.
     (micro.sweep_dir / "runs" / GOOD[1] / "DONE").unlink()
@@ -238,28 +276,49 @@ def test_rerun_skips_done_points_and_resumes_unfinished_ones(micro, monkeypatch,
 
 def test_changed_sweep_file_is_not_mixed_with_finished_runs(micro, tmp_path):
     changed = tmp_path / "changed.toml"
-    changed.write_text(micro.good_file.read_text().replace("optim.warmup_steps=1", "optim.warmup_steps=2"))
-    with pytest.raises(SweepIncomplete, match="optim.warmup_steps: ran with 1, sweep file now says 2"):
+    changed.write_text(micro.good_file.read_text().replace("optim.warmup_steps = 1", "optim.warmup_steps = 2"))
+    with pytest.raises(SweepIncomplete, match="optim.warmup_steps: saved 1 vs now 2.*use a new sweep directory"):
         run_sweep(changed, micro.sweep_dir, progress=False, report=False)
 
 
 def test_report_includes_few_shot_results_of_the_runs(micro, tmp_path):
-    from experiments.report import build_sweep_report
-
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(micro.sweep_dir, sweep_dir)
     for i, record in enumerate(read_registry(sweep_dir)):
-        results = {"model": {"name": record["preset"], "params": record["params"],
-                             "non_embedding_params": record["non_embedding_params"], "checkpoint": None, "step": 3},
-                   "tokenizer": "byte", "created": "2026-01-01T00:00:00+00:00", "gptjax_version": "0.1.0",
-                   "results": [{"task": "piqa", "split": "validation", "num_fewshot": 0, "fewshot_split": "",
-                                "seed": 1234, "num_docs": 20, "example_prompt": "Goal: x\nSolution: y",
-                                "metrics": {"acc": 0.5 + 0.05 * i, "acc_stderr": 0.1, "acc_norm": 0.5 + 0.1 * i,
-                                            "acc_norm_stderr": 0.1}}]}
+        results = {
+            "model": {
+                "name": record["preset"],
+                "params": record["params"],
+                "non_embedding_params": record["non_embedding_params"],
+                "checkpoint": None,
+                "step": 3,
+            },
+            "tokenizer": "byte",
+            "created": "2026-01-01T00:00:00+00:00",
+            "gptjax_version": "0.1.0",
+            "results": [
+                {
+                    "task": "piqa",
+                    "split": "validation",
+                    "num_fewshot": 0,
+                    "fewshot_split": "",
+                    "seed": 1234,
+                    "num_docs": 20,
+                    "example_prompt": "Goal: x\nSolution: y",
+                    "metrics": {
+                        "acc": 0.5 + 0.05 * i,
+                        "acc_stderr": 0.1,
+                        "acc_norm": 0.5 + 0.1 * i,
+                        "acc_norm_stderr": 0.1,
+                    },
+                }
+            ],
+        }
         (sweep_dir / record["run_dir"] / "eval").mkdir()
         (sweep_dir / record["run_dir"] / "eval" / "3.json").write_text(json.dumps(results))
     written = build_sweep_report(sweep_dir, n_boot=10)
     assert all(r["eval_results"] for r in read_registry(sweep_dir))
     markdown = (sweep_dir / "report" / "report.md").read_text()
     assert "## Few-shot evaluation" in markdown and "(fewshot/report.md)" in markdown
+    assert "| L(C) | L(C) = (C_c / C)^α | final held-out loss of the 2 run(s) on the compute-efficient" in markdown
     assert "fewshot/report.html" in written and "fewshot/plots/aggregate.png" in markdown

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from requirements import need_modules
+
 os.environ["HF_HUB_OFFLINE"] = "1"
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch, transformers = need_modules("torch", "transformers")
 
 from gptjax import hf, model  # noqa: E402
 from gptjax.config import ConfigError, ModelConfig, get_preset  # noqa: E402
@@ -30,8 +31,16 @@ forward = jax.jit(model.forward, static_argnums=2)
 def _hf_model(tmp_path, name="hf-small", tie=True):
     """A randomly initialised small GPT-2 saved with save_pretrained, as in a downloaded checkpoint."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=128,
-                                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, tie_word_embeddings=tie)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=128,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        tie_word_embeddings=tie,
+    )
     hf_model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for p in hf_model.parameters():
@@ -100,17 +109,29 @@ def test_export_import_roundtrip_is_identity(tmp_path):
     _assert_trees_equal(exported, original)  # the file itself is transformers' layout, bit for bit
 
 
-@pytest.mark.parametrize("tie,d_ff", [(True, None), (False, 96)])
+@pytest.mark.parametrize("tie,d_ff", [(True, 0), (False, 96)])
 def test_gptjax_model_exports_to_transformers(tmp_path, tie, d_ff):
-    cfg = ModelConfig(name="tiny-gpt2", vocab_size=VOCAB, n_ctx=64, n_layer=2, n_head=4, d_model=64, d_ff=d_ff,
-                      tie_embeddings=tie, embd_dropout=0.1, attn_dropout=0.0, resid_dropout=0.05)
+    cfg = ModelConfig(
+        name="tiny-gpt2",
+        vocab_size=VOCAB,
+        n_ctx=64,
+        n_layer=2,
+        n_head=4,
+        d_model=64,
+        d_ff=d_ff,
+        tie_embeddings=tie,
+        embd_dropout=0.1,
+        attn_dropout=0.0,
+        resid_dropout=0.05,
+    )
     params = jax.tree.map(np.add, init_params(cfg, jax.random.key(0)), _noise(cfg))
 
     out = hf.export_hf(params, cfg, tmp_path / "exported")
     hf_model, info = transformers.GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
     assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
     hf_config = json.loads((out / "config.json").read_text())
-    assert hf_config["n_inner"] == d_ff and hf_config["eos_token_id"] is None  # 50256 is outside the vocab
+    assert hf_config["n_inner"] == (d_ff or None)  # GPT-2 writes null for the default 4 * n_embd
+    assert hf_config["eos_token_id"] is None  # 50256 is outside the vocab
     tokens = _tokens(cfg.n_ctx, VOCAB, seed=1)
     ours = np.asarray(forward(params, tokens.astype(np.int32), cfg))
     theirs = _hf_logits(hf_model.eval(), tokens)
@@ -120,7 +141,7 @@ def test_gptjax_model_exports_to_transformers(tmp_path, tie, d_ff):
 
     cfg2, params2 = hf.import_hf(out)
     _assert_trees_equal(params2, params)
-    assert cfg2.d_mlp == cfg.d_mlp and cfg2.tie_embeddings == tie and cfg2.resid_dropout == 0.05
+    assert cfg2.d_ff == cfg.d_ff and cfg2.tie_embeddings == tie and cfg2.resid_dropout == 0.05
 
 
 def _bytes_to_unicode():

@@ -17,21 +17,24 @@ import numpy as np
 import pytest
 import yaml
 
-lm_eval = pytest.importorskip("lm_eval")
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("datasets")
+from requirements import need_data, need_modules
+
+lm_eval, _, _, _ = need_modules("lm_eval", "torch", "transformers", "datasets")
 
 import jax  # noqa: E402
 
 from eval.gptjax_lm import GptjaxLM  # noqa: E402
 from eval.lm_eval_adapter import GptjaxLMEval  # noqa: E402
-from gptjax.config import ModelConfig  # noqa: E402
+from gptjax.config import (  # noqa: E402
+    DataConfig,
+    ModelConfig,  # noqa: E402
+    RunConfig,
+)
 from gptjax.hf import export_hf  # noqa: E402
 from gptjax.model import init_params  # noqa: E402
 from gptjax.paths import data_dir  # noqa: E402
-from gptjax.runs import save_params  # noqa: E402
 from gptjax.tokenizers import get_vocabulary  # noqa: E402
+from gptjax.train import write_initial_checkpoint  # noqa: E402
 
 ATOL = 1e-4
 ULPS = 8  # plus this many fp32 ulps of the value: a rolling document's window sums reach ~700, where an fp32
@@ -40,6 +43,8 @@ ULPS = 8  # plus this many fp32 ulps of the value: a rolling document's window s
 
 def tolerance(ll: float) -> float:
     return ATOL + ULPS * float(np.spacing(np.float32(abs(ll))))
+
+
 BENCHMARKS = data_dir() / "benchmarks"
 TOKENIZER_DIR = data_dir() / "tokenizers" / "gpt2"
 
@@ -47,28 +52,56 @@ _MEAN = {"aggregation": "mean", "higher_is_better": True}
 LIMIT = 12  # documents per task
 # name -> (data dir, lm-eval task config without dataset keys)
 TASKS = {
-    "piqa_adapter": ("piqa", {  # lm_eval/tasks/piqa/piqa.yaml, with one example
-        "training_split": "train", "validation_split": "validation", "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{goal}}\nAnswer:", "doc_to_target": "label", "doc_to_choice": "{{[sol1, sol2]}}",
-        "num_fewshot": 1, "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}]}),
-    "lambada_adapter": ("lambada_openai", {  # lm_eval/tasks/lambada/lambada_openai.yaml
-        "test_split": "test", "output_type": "loglikelihood",
-        "doc_to_text": "{{text.split(' ')[:-1]|join(' ')}}", "doc_to_target": "{{' '+text.split(' ')[-1]}}",
-        "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                        {"metric": "acc", **_MEAN}]}),
-    "lambada_rolling_adapter": ("lambada_openai", {  # the passages as wikitext-style rolling perplexity
-        "test_split": "test", "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "{{text}}",
-        "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}]}),
-    "triviaqa_adapter": ("triviaqa", {  # lm_eval/tasks/triviaqa/default.yaml, 8 new tokens at most
-        "validation_split": "validation", "output_type": "generate_until",
-        "doc_to_text": "Question: {{question}}?\nAnswer:", "doc_to_target": "{{aliases}}",
-        "generation_kwargs": {"until": ["\n", ".", ","], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8},
-        "metric_list": [{"metric": "exact_match", **_MEAN, "ignore_case": True, "ignore_punctuation": True}]}),
+    "piqa_adapter": (
+        "piqa",
+        {  # lm_eval/tasks/piqa/piqa.yaml, with one example
+            "training_split": "train",
+            "validation_split": "validation",
+            "output_type": "multiple_choice",
+            "doc_to_text": "Question: {{goal}}\nAnswer:",
+            "doc_to_target": "label",
+            "doc_to_choice": "{{[sol1, sol2]}}",
+            "num_fewshot": 1,
+            "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
+        },
+    ),
+    "lambada_adapter": (
+        "lambada_openai",
+        {  # lm_eval/tasks/lambada/lambada_openai.yaml
+            "test_split": "test",
+            "output_type": "loglikelihood",
+            "doc_to_text": "{{text.split(' ')[:-1]|join(' ')}}",
+            "doc_to_target": "{{' '+text.split(' ')[-1]}}",
+            "metric_list": [
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", **_MEAN},
+            ],
+        },
+    ),
+    "lambada_rolling_adapter": (
+        "lambada_openai",
+        {  # the passages as wikitext-style rolling perplexity
+            "test_split": "test",
+            "output_type": "loglikelihood_rolling",
+            "doc_to_text": "",
+            "doc_to_target": "{{text}}",
+            "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"}, {"metric": "bits_per_byte"}],
+        },
+    ),
+    "triviaqa_adapter": (
+        "triviaqa",
+        {  # lm_eval/tasks/triviaqa/default.yaml, 8 new tokens at most
+            "validation_split": "validation",
+            "output_type": "generate_until",
+            "doc_to_text": "Question: {{question}}?\nAnswer:",
+            "doc_to_target": "{{aliases}}",
+            "generation_kwargs": {"until": ["\n", ".", ","], "do_sample": False, "temperature": 0.0, "max_gen_toks": 8},
+            "metric_list": [{"metric": "exact_match", **_MEAN, "ignore_case": True, "ignore_punctuation": True}],
+        },
+    ),
 }
 
-pytestmark = pytest.mark.skipif(
-    not all((BENCHMARKS / d).is_dir() for d, _ in TASKS.values()) or not (TOKENIZER_DIR / "encoder.json").is_file(),
-    reason=f"benchmark JSONL or the GPT-2 tokenizer not found under {data_dir()}")
+need_data(*(f"benchmarks/{d}" for d, _ in TASKS.values()), "tokenizers/gpt2/encoder.json")
 
 
 def _write_tasks(out_dir, cache_dir):
@@ -76,8 +109,12 @@ def _write_tasks(out_dir, cache_dir):
     for name, (data, body) in TASKS.items():
         splits = [body[k] for k in ("training_split", "validation_split", "test_split") if k in body]
         files = {s: str(BENCHMARKS / data / f"{s}.jsonl") for s in splits}
-        config = {"task": name, "dataset_path": "json",
-                  "dataset_kwargs": {"data_files": files, "cache_dir": str(cache_dir)}, **body}
+        config = {
+            "task": name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": files, "cache_dir": str(cache_dir)},
+            **body,
+        }
         (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -89,16 +126,26 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapter")
     cfg = ModelConfig(name="adapter", vocab_size=50257, n_ctx=64, n_layer=2, n_head=4, d_model=32, init_std=0.05)
     params = jax.tree.map(np.asarray, jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(1)))
-    save_params(root / "run", cfg, params, vocab="gpt2")
+    write_initial_checkpoint(RunConfig(model=cfg, data=DataConfig(vocab="gpt2"), run_dir=str(root / "run")), params)
     hf_dir = export_hf(params, cfg, root / "hf", tokenizer_dir=TOKENIZER_DIR)
     _write_tasks(root / "tasks", root / "datasets")
     manager = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
     out = {}
-    for backend, args in (("gptjax", f"run_dir={root / 'run'},batch_tokens=128"),
-                          ("hf", f"pretrained={hf_dir},dtype=float32")):
+    for backend, args in (
+        ("gptjax", f"run_dir={root / 'run'},batch_tokens=128"),
+        ("hf", f"pretrained={hf_dir},dtype=float32"),
+    ):
         out[backend] = lm_eval.simple_evaluate(
-            model=backend, model_args=args, tasks=list(TASKS), limit=LIMIT, batch_size=4, device="cpu",
-            task_manager=manager, log_samples=True, bootstrap_iters=0)
+            model=backend,
+            model_args=args,
+            tasks=list(TASKS),
+            limit=LIMIT,
+            batch_size=4,
+            device="cpu",
+            task_manager=manager,
+            log_samples=True,
+            bootstrap_iters=0,
+        )
     return out
 
 
@@ -127,8 +174,10 @@ def check_same_samples(task: str, ours: dict, theirs: dict) -> str:
             assert ours["results"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-6), (task, metric)
     if not diffs:
         return f"{task}: {LIMIT} identical generations"
-    return (f"{task}: max |ll(gptjax) - ll(hf)| = {max(diffs):.2e} over {len(diffs)} requests "
-            f"({max(excess):.2f} of the tolerance)")
+    return (
+        f"{task}: max |ll(gptjax) - ll(hf)| = {max(diffs):.2e} over {len(diffs)} requests "
+        f"({max(excess):.2f} of the tolerance)"
+    )
 
 
 # One test over all tasks: under `pytest -n 2` separate tests could recompute the fixture on both workers.

@@ -7,13 +7,14 @@ LIMIT documents of HellaSwag, PIQA, ARC-Easy and LAMBADA at K=0 and K=2:
   mirror lm-eval's own (same templates, splits, delimiters, metrics) but read the shared JSONL files;
 - by `eval.evaluate` with `GptjaxLM` on the same params and eval's built-in task definitions.
 
-Asserted for every (task, K): the same documents; the same prompts and continuations, character for
-character, for every document (so the same few-shot examples: both sides use lm-eval's sampler, seed 1234);
-every per-choice log-likelihood within ATOL; identical per-document acc / acc_norm (LAMBADA: greedy acc);
-identical aggregate accuracies (LAMBADA perplexity within ATOL, relative). Few-shot examples: HellaSwag, PIQA and ARC-Easy use eval's default `LmEvalSampler`,
-so this also checks that it reproduces lm-eval's draws. LAMBADA is the one deliberate difference (eval
-excludes the scored passage from its own examples; lm-eval does not), so its gptjax run replays lm-eval's
-rule through `sampler_factory` and the prompt comparison proves the examples are identical.
+Asserted for every (task, K): the same documents; the same prompts and continuations, character for character,
+for every document (so the same few-shot examples: both sides use lm-eval's sampler, seed 1234); every per-
+choice log-likelihood within ATOL; identical per-document acc / acc_norm (LAMBADA: greedy acc); identical
+aggregate accuracies (LAMBADA perplexity within ATOL, relative). Few-shot examples: HellaSwag, PIQA and ARC-
+Easy use eval's default `LmEvalSampler`, so this also checks that it reproduces lm-eval's draws. LAMBADA is
+the one deliberate difference (eval excludes the scored passage from its own examples; lm-eval does not), so
+its gptjax run replays lm-eval's rule through `sampler_factory` and the prompt comparison proves the examples
+are identical.
 
 The model is made non-trivial so the comparisons cannot pass vacuously: weights are large enough that
 choices get well-separated log-likelihoods and varied predictions, every LayerNorm and bias is randomised,
@@ -30,10 +31,9 @@ import numpy as np
 import pytest
 import yaml
 
-lm_eval = pytest.importorskip("lm_eval")
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("datasets")
+from requirements import need_data, need_modules
+
+lm_eval, _, _, _ = need_modules("lm_eval", "torch", "transformers", "datasets")
 
 import jax  # noqa: E402
 
@@ -70,35 +70,41 @@ LM_EVAL_MIRRORS = {
     "hellaswag": {
         "splits": {"validation_split": "validation"},
         "output_type": "multiple_choice",
-        "doc_to_text": "{{query}}", "doc_to_target": "{{gold}}", "doc_to_choice": "choices",
+        "doc_to_text": "{{query}}",
+        "doc_to_target": "{{gold}}",
+        "doc_to_choice": "choices",
         "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
     },
     "piqa": {  # piqa/piqa.yaml
         "splits": {"training_split": "train", "validation_split": "validation"},
         "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{goal}}\nAnswer:", "doc_to_target": "label", "doc_to_choice": "{{[sol1, sol2]}}",
+        "doc_to_text": "Question: {{goal}}\nAnswer:",
+        "doc_to_target": "label",
+        "doc_to_choice": "{{[sol1, sol2]}}",
         "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
     },
     "arc_easy": {  # arc/arc_easy.yaml
         "splits": {"training_split": "train", "validation_split": "validation", "test_split": "test"},
         "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{choices.label.index(answerKey)}}",
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{choices.label.index(answerKey)}}",
         "doc_to_choice": "{{choices.text}}",
         "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
     },
     "lambada_openai": {  # lambada/lambada_openai.yaml
         "splits": {"test_split": "test"},
         "output_type": "loglikelihood",
-        "doc_to_text": "{{text.split(' ')[:-1]|join(' ')}}", "doc_to_target": "{{' '+text.split(' ')[-1]}}",
-        "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                        {"metric": "acc", **_MEAN}],
+        "doc_to_text": "{{text.split(' ')[:-1]|join(' ')}}",
+        "doc_to_target": "{{' '+text.split(' ')[-1]}}",
+        "metric_list": [
+            {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+            {"metric": "acc", **_MEAN},
+        ],
     },
 }
 CASES = [(task, k) for task in LM_EVAL_MIRRORS for k in SHOTS]
 
-pytestmark = pytest.mark.skipif(
-    not all((BENCHMARKS / t).is_dir() for t in LM_EVAL_MIRRORS) or not (TOKENIZER_DIR / "encoder.json").is_file(),
-    reason=f"benchmark JSONL or the GPT-2 tokenizer not found under {data_dir()}")
+need_data(*(f"benchmarks/{t}" for t in LM_EVAL_MIRRORS), "tokenizers/gpt2/encoder.json")
 
 
 def _lm_eval_name(task: str, k: int) -> str:
@@ -114,9 +120,15 @@ def write_lm_eval_yamls(out_dir, cache_dir) -> list[str]:
         data_files = {split: str(BENCHMARKS / task / f"{split}.jsonl") for split in splits.values()}
         body = {k: v for k, v in mirror.items() if k != "splits"}
         for k in SHOTS:
-            config = {"task": _lm_eval_name(task, k), "dataset_path": "json",
-                      "dataset_kwargs": {"data_files": data_files, "cache_dir": str(cache_dir)},
-                      **splits, **body, "num_fewshot": k, "metadata": {"version": 1.0}}
+            config = {
+                "task": _lm_eval_name(task, k),
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": data_files, "cache_dir": str(cache_dir)},
+                **splits,
+                **body,
+                "num_fewshot": k,
+                "metadata": {"version": 1.0},
+            }
             (out_dir / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
             names.append(config["task"])
     return names
@@ -132,8 +144,17 @@ class LmEvalLambadaSampler(LmEvalSampler):
 
 def parity_model() -> tuple[dict, ModelConfig]:
     """A random GPT-2-architecture model whose predictions vary (see the module docstring)."""
-    cfg = ModelConfig(name="lmeval-parity", vocab_size=50257, n_ctx=N_CTX, n_layer=2, n_head=4, d_model=64,
-                      tie_embeddings=False, init_std=0.1, pos_init_std=0.1)
+    cfg = ModelConfig(
+        name="lmeval-parity",
+        vocab_size=50257,
+        n_ctx=N_CTX,
+        n_layer=2,
+        n_head=4,
+        d_model=64,
+        tie_embeddings=False,
+        init_std=0.1,
+        pos_init_std=0.1,
+    )
     params = jax.tree.map(np.array, jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0)))
     rng = np.random.default_rng(0)
 
@@ -178,9 +199,17 @@ def lm_eval_results(model, tmp_path_factory):
     names = write_lm_eval_yamls(root / "tasks", root / "datasets")
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=names, batch_size=HF_BATCH_SIZE,
-        device="cpu", limit=LIMIT, task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False),
-        log_samples=True, bootstrap_iters=0, fewshot_random_seed=SEED)
+        model="hf",
+        model_args=f"pretrained={hf_dir},dtype=float32",
+        tasks=names,
+        batch_size=HF_BATCH_SIZE,
+        device="cpu",
+        limit=LIMIT,
+        task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False),
+        log_samples=True,
+        bootstrap_iters=0,
+        fewshot_random_seed=SEED,
+    )
     print(f"\nlm-eval (HF backend): {time.perf_counter() - start:.1f}s for {len(names)} task runs")
     samples = {(t, k): {s["doc_id"]: s for s in out["samples"][_lm_eval_name(t, k)]} for t, k in CASES}
     metrics = {(t, k): out["results"][_lm_eval_name(t, k)] for t, k in CASES}
@@ -196,8 +225,10 @@ def gptjax_results(model):
     kwargs = dict(shots=SHOTS, limit=LIMIT, seed=SEED, data_dir=BENCHMARKS, bootstrap_iters=10)
     results = evaluate(lm, ["hellaswag", "piqa", "arc_easy"], **kwargs)["results"]
     results += evaluate(lm, ["lambada_openai"], sampler_factory=LmEvalLambadaSampler, **kwargs)["results"]
-    print(f"\ngptjax eval: {time.perf_counter() - start:.1f}s, scorer {lm.scorer.stats.unique} requests in "
-          f"{lm.scorer.stats.batches} batches")
+    print(
+        f"\ngptjax eval: {time.perf_counter() - start:.1f}s, scorer {lm.scorer.stats.unique} requests in "
+        f"{lm.scorer.stats.batches} batches"
+    )
     return {(r["task"], r["num_fewshot"]): r for r in results}
 
 
@@ -245,8 +276,10 @@ def check_matches_lm_eval(task: str, k: int, theirs: dict, their_metrics: dict, 
     spec = Task(task, BENCHMARKS)
     docs = spec.eval_docs()[:LIMIT]
     if k:
-        assert ours["fewshot_split"] == {"hellaswag": "validation", "piqa": "train", "arc_easy": "train",
-                                         "lambada_openai": "test"}[task]
+        assert (
+            ours["fewshot_split"]
+            == {"hellaswag": "validation", "piqa": "train", "arc_easy": "train", "lambada_openai": "test"}[task]
+        )
 
     diffs = []
     for doc_id, doc in enumerate(docs):
@@ -269,9 +302,11 @@ def check_matches_lm_eval(task: str, k: int, theirs: dict, their_metrics: dict, 
         assert ours["metrics"]["perplexity"] == pytest.approx(their_metrics["perplexity,none"], rel=ATOL)
     else:
         assert ours["metrics"]["acc_norm"] == pytest.approx(their_metrics["acc_norm,none"], abs=1e-12)
-    return (f"{task} K={k}: {LIMIT} docs, {len(diffs)} log-likelihoods, max |ll(gptjax) - ll(lm-eval)| = "
-            f"{max(diffs):.2e}, acc {ours['metrics']['acc']:.3f}"
-            + (f", acc_norm {ours['metrics']['acc_norm']:.3f}" if task != "lambada_openai" else ""))
+    return (
+        f"{task} K={k}: {LIMIT} docs, {len(diffs)} log-likelihoods, max |ll(gptjax) - ll(lm-eval)| = "
+        f"{max(diffs):.2e}, acc {ours['metrics']['acc']:.3f}"
+        + (f", acc_norm {ours['metrics']['acc_norm']:.3f}" if task != "lambada_openai" else "")
+    )
 
 
 # One test function, not one per (task, K): under `pytest -n 2` (CI) tests of a module can land on both
@@ -281,8 +316,11 @@ def test_gptjax_eval_matches_lm_eval(lm_eval_results, gptjax_results):
     failures = []
     for task, k in CASES:
         try:
-            lines.append(check_matches_lm_eval(task, k, lm_eval_results[0][task, k], lm_eval_results[1][task, k],
-                                               gptjax_results[task, k]))
+            lines.append(
+                check_matches_lm_eval(
+                    task, k, lm_eval_results[0][task, k], lm_eval_results[1][task, k], gptjax_results[task, k]
+                )
+            )
         except AssertionError as err:
             failures.append(f"{task} K={k}: {err}")
     print("\n" + "\n".join(lines))

@@ -9,8 +9,17 @@ import seqio
 import tensorflow as tf
 
 from gptjax.paths import data_path
-from gptjax.tokenizers import (EOT, ByteVocabulary, GPT2BPEVocabulary, SentencePieceVocabulary, get_vocabulary,
-                               tokenizer_command, train_sentencepiece)
+from gptjax.tokenizers import (
+    EOT,
+    ByteVocabulary,
+    GPT2BPEVocabulary,
+    SentencePieceVocabulary,
+    get_vocabulary,
+    tokenizer_command,
+    train_sentencepiece,
+)
+
+from requirements import need_modules
 
 SHAKESPEARE = data_path("corpora", "tinyshakespeare", "input.txt")
 
@@ -77,7 +86,7 @@ def gpt2():
 @pytest.fixture(scope="module")
 def hf_gpt2(tmp_path_factory):
     """Hugging Face's GPT-2 tokenizer built from the same two files."""
-    transformers = pytest.importorskip("transformers")
+    (transformers,) = need_modules("transformers")
     directory = tmp_path_factory.mktemp("hf_gpt2")
     source = data_path("tokenizers", "gpt2")
     shutil.copy(source / "encoder.json", directory / "vocab.json")
@@ -101,10 +110,11 @@ def test_gpt2_matches_hugging_face_on_varied_text(gpt2, hf_gpt2):
         assert gpt2.decode_all(expected) == hf_gpt2.decode(expected) == text
 
 
-@pytest.mark.parametrize("corpus, start", [(("tinyshakespeare", "input.txt"), 0),
-                                           (("wikitext-2-raw", "wiki.test.raw"), 100_000)])
+@pytest.mark.parametrize(
+    "corpus, start", [(("tinyshakespeare", "input.txt"), 0), (("wikitext-2-raw", "wiki.test.raw"), 100_000)]
+)
 def test_gpt2_matches_hugging_face_on_corpora(gpt2, hf_gpt2, corpus, start):
-    text = data_path("corpora", *corpus).read_text(encoding="utf-8")[start:start + 20_000]
+    text = data_path("corpora", *corpus).read_text(encoding="utf-8")[start : start + 20_000]
     expected = hf_gpt2.encode(text)
     assert len(expected) > 3000
     assert gpt2.encode(text) == expected
@@ -166,8 +176,12 @@ def test_tokenizer_command_trains_a_model(tmp_path, capsys):
     out = tmp_path / "cli"
     assert tokenizer_command(["train", "--corpus", str(SHAKESPEARE), "--vocab-size", "280", "--out", str(out)]) == 0
     assert (tmp_path / "cli.model").is_file() and "sentencepiece-bpe-280-" in capsys.readouterr().out
-    assert tokenizer_command(["train", "--corpus", str(tmp_path / "missing.txt"), "--vocab-size", "280",
-                              "--out", str(out)]) == 1
+    assert (
+        tokenizer_command(
+            ["train", "--corpus", str(tmp_path / "missing.txt"), "--vocab-size", "280", "--out", str(out)]
+        )
+        == 1
+    )
     assert "missing.txt" in capsys.readouterr().err
 
 

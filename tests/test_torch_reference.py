@@ -13,8 +13,9 @@ from gptjax import model, train
 from gptjax.config import ConfigError, ModelConfig, OptimConfig, RunConfig
 
 import bench_scripts
+from requirements import need_modules
 
-torch = pytest.importorskip("torch")
+(torch,) = need_modules("torch")
 torch.set_num_threads(1)  # tiny models; several pytest-xdist workers may share the cores
 ref = bench_scripts.load("torch_reference")
 
@@ -60,14 +61,18 @@ def test_train_steps_match_gptjax_trainer():
     The JAX side is gptjax's own optimizer and train step, so the benchmark compares like with like.
     """
     steps, batch, seq_len = 6, 4, 16
-    run = RunConfig(model=CFG, optim=OptimConfig(learning_rate=3e-3, warmup_steps=2, grad_clip=0.5),
-                    steps=steps, batch_size=batch, seq_len=seq_len)
+    run = RunConfig(
+        model=CFG,
+        optim=OptimConfig(learning_rate=3e-3, warmup_steps=2, grad_clip=0.5),
+        steps=steps,
+        batch_size=batch,
+        seq_len=seq_len,
+    )
     params = init_params(CFG, jax.random.key(2))
     batches = ref.random_batches(CFG.vocab_size, steps, batch, seq_len, seed=3)
 
     torch_model = ref.load_gptjax_params(ref.build(CFG), params)
-    torch_losses = ref.train_steps(torch_model, ref.make_optimizer(torch_model, run.optim, total_steps=steps),
-                                   batches)
+    torch_losses = ref.train_steps(torch_model, ref.make_optimizer(torch_model, run.optim, total_steps=steps), batches)
 
     tx = train.make_optimizer(run)
     state = train.init_state(run, tx, jax.random.key_data(jax.random.key(0)), params=params)
@@ -75,17 +80,25 @@ def test_train_steps_match_gptjax_trainer():
     ones = jnp.ones((batch, seq_len), jnp.int32)
     jax_losses, grad_norms = [], []
     for inputs, targets in batches:
-        state, out = step_fn(state, {"inputs": jnp.asarray(inputs.numpy()), "targets": jnp.asarray(targets.numpy()),
-                                     "segment_ids": ones, "positions": jnp.cumsum(ones, axis=1) - 1,
-                                     "loss_mask": ones})
+        state, out = step_fn(
+            state,
+            {
+                "inputs": jnp.asarray(inputs.numpy()),
+                "targets": jnp.asarray(targets.numpy()),
+                "segment_ids": ones,
+                "positions": jnp.cumsum(ones, axis=1) - 1,
+                "loss_mask": ones,
+            },
+        )
         jax_losses.append(float(out["loss"]))
         grad_norms.append(float(out["grad_norm"]))
 
     assert max(grad_norms) > run.optim.grad_clip  # clipping is exercised
     np.testing.assert_allclose(torch_losses, jax_losses, rtol=1e-5)
     expected = ref.gptjax_state_dict(state.params, CFG)
-    assert not np.allclose(expected["h.0.mlp.c_fc.weight"], ref.gptjax_state_dict(params, CFG)["h.0.mlp.c_fc.weight"],
-                           atol=1e-3)  # the updates moved the weights
+    assert not np.allclose(
+        expected["h.0.mlp.c_fc.weight"], ref.gptjax_state_dict(params, CFG)["h.0.mlp.c_fc.weight"], atol=1e-3
+    )  # the updates moved the weights
     for name, got in torch_model.state_dict().items():
         np.testing.assert_allclose(got.numpy(), expected[name].numpy(), atol=2e-5, err_msg=name)
 
@@ -97,13 +110,16 @@ def test_lr_factor_matches_optax_schedule():
         assert ref.lr_factor(step, optim, total_steps=100) == pytest.approx(float(schedule(step)), abs=1e-6)
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"norm": "post"}, "model.norm='post'"),
-    ({"attention_pattern": ("dense", "banded")}, "model.attention_pattern"),
-    ({"tie_embeddings": False}, "model.tie_embeddings=False"),
-    ({"resid_dropout": 0.1}, "model.resid_dropout=0.1"),
-    ({"dtype": "bfloat16"}, "model.dtype='bfloat16'"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"norm": "post"}, "model.norm='post'"),
+        ({"attention_pattern": ("dense", "banded")}, "model.attention_pattern"),
+        ({"tie_embeddings": False}, "model.tie_embeddings=False"),
+        ({"resid_dropout": 0.1}, "model.resid_dropout=0.1"),
+        ({"dtype": "bfloat16"}, "model.dtype='bfloat16'"),
+    ],
+)
 def test_unsupported_configs_are_refused(change, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
         ref.build(dataclasses.replace(CFG, **change))

@@ -11,7 +11,7 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "tpu_scripts"
 
-FAKE_GCLOUD = r'''#!/usr/bin/env python3
+FAKE_GCLOUD = r"""#!/usr/bin/env python3
 import json, os, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
@@ -27,7 +27,7 @@ if command.startswith("test -f"):
     checks = int(open(os.environ["FAKE_CHECKS"]).read() or 0) + 1
     open(os.environ["FAKE_CHECKS"], "w").write(str(checks))
     sys.exit(0 if checks >= int(os.environ["FAKE_DONE_AT_CHECK"]) else 1)
-'''
+"""
 
 
 @pytest.fixture
@@ -38,15 +38,24 @@ def fake(tmp_path):
     (bin_dir / "gcloud").chmod(0o755)
     (tmp_path / "states").write_text("")
     (tmp_path / "checks").write_text("0")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(tmp_path / "calls"),
-           "FAKE_STATES": str(tmp_path / "states"), "FAKE_CHECKS": str(tmp_path / "checks"),
-           "FAKE_DONE_AT_CHECK": "1", "PROJECT": "proj", "ZONE": "us-central2-b", "TPU_NAME": "slice",
-           "POLL_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_LOG": str(tmp_path / "calls"),
+        "FAKE_STATES": str(tmp_path / "states"),
+        "FAKE_CHECKS": str(tmp_path / "checks"),
+        "FAKE_DONE_AT_CHECK": "1",
+        "PROJECT": "proj",
+        "ZONE": "us-central2-b",
+        "TPU_NAME": "slice",
+        "POLL_SECONDS": "0",
+    }
 
     def run(script: str, **extra: str) -> list[list[str]]:
         (tmp_path / "calls").write_text("")
-        result = subprocess.run([str(SCRIPTS / script)], env={**env, **extra}, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [str(SCRIPTS / script)], env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in (tmp_path / "calls").read_text().splitlines()]
 

@@ -7,8 +7,15 @@
 """
 
 from gptjax.data.dataset import PackedDataset, make_dataset
-from gptjax.data.tasks import (components, get_task, register_mixture, register_text_task, register_tfds_task,
-                               task_names)
+from gptjax.data.tasks import components, get_task, register_mixture, register_text_task, register_tfds_task, task_names
 
-__all__ = ["PackedDataset", "make_dataset", "components", "get_task", "register_mixture", "register_text_task",
-           "register_tfds_task", "task_names"]
+__all__ = [
+    "PackedDataset",
+    "make_dataset",
+    "components",
+    "get_task",
+    "register_mixture",
+    "register_text_task",
+    "register_tfds_task",
+    "task_names",
+]

@@ -3,17 +3,15 @@
 A cache file is `<task>.<split>.<hash>.npy`, the hash covering everything the tokens depend on (see
 `cache_file`). It holds the split's whole token stream, every document followed by EOS; rows of any
 sequence length are read straight out of it (packing.py), so changing seq_len never re-tokenises.
-Files are written under a temporary name in the same directory and renamed into place, so a process
-killed mid-write leaves at most a stray `*.tmp-*` file, which is never read, and concurrent writers
-(e.g. the hosts of one run sharing a directory) each install a complete file.
+Files are written atomically (`gptjax.rundir.write_atomic`): a process killed mid-write leaves at most a
+stray `*.tmp-*` file, which is never read, and concurrent writers (e.g. the hosts of one run sharing a
+directory) each install a complete file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ from typing import Any
 import numpy as np
 import seqio
 from tqdm.auto import tqdm
+
+from gptjax.rundir import write_atomic
 
 FORMAT_VERSION = 1  # bump when the stream layout changes, so stale caches are not trusted
 
@@ -40,27 +40,16 @@ def cache_file(cache_dir: Path, task_name: str, split: str, key: Mapping[str, An
 def load_or_build(path: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
     """Memory-map `path`, first building and atomically writing it if it does not exist."""
     if not path.exists():
-        _write_atomic(path, build())
+        array = build()
+        write_atomic(path, lambda f: np.save(f, array))
     return np.load(path, mmap_mode="r")
-
-
-def _write_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def tokenize(task: seqio.Task, split: str, dtype: np.dtype) -> np.ndarray:
     """The split's token stream: each example's `targets` (a document and its EOS), in source order."""
-    examples = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                                use_cached=False, try_in_mem_cache=False)
+    examples = task.get_dataset(
+        sequence_length=None, split=split, shuffle=False, num_epochs=1, use_cached=False, try_in_mem_cache=False
+    )
     pieces = []
     with tqdm(desc=f"tokenizing {task.name}:{split}", unit="tok", unit_scale=True) as progress:
         for example in examples.as_numpy_iterator():

@@ -31,8 +31,9 @@ Batch = dict[str, np.ndarray]
 class PackedDataset:
     """Rows of seq_len + 1 tokens from a task's (or mixture's) cached token streams (see packing.py)."""
 
-    def __init__(self, components: list[tasks.Component], vocab: seqio.Vocabulary, seq_len: int, seed: int,
-                 cache_dir: Path):
+    def __init__(
+        self, components: list[tasks.Component], vocab: seqio.Vocabulary, seq_len: int, seed: int, cache_dir: Path
+    ):
         self.vocab = vocab
         self.seq_len = seq_len
         self.seed = seed
@@ -95,8 +96,10 @@ class PackedDataset:
         chosen = np.repeat(np.arange(len(counts)), counts)[order]
         row_ids = np.concatenate([np.arange(n) for n in counts])[order]
         total = min(len(order), batch_size * max_batches)
-        return (self._pack(chosen[i:i + batch_size], row_ids[i:i + batch_size], split, batch_size)
-                for i in range(0, total, batch_size))
+        return (
+            self._pack(chosen[i : i + batch_size], row_ids[i : i + batch_size], split, batch_size)
+            for i in range(0, total, batch_size)
+        )
 
     def _choose_components(self, step: int, index: np.ndarray) -> np.ndarray:
         if len(self._components) == 1:
@@ -126,8 +129,9 @@ class PackedDataset:
             raise ValueError(f"unknown split {split!r}; this task has {list(self.splits)}")
         if (component, split) not in self._streams:
             c = self._components[component]
-            path = cache.cache_file(self._cache_dir, c.task.name, split,
-                                    {"vocab": self.vocab.name, "source": c.fingerprint})
+            path = cache.cache_file(
+                self._cache_dir, c.task.name, split, {"vocab": self.vocab.name, "source": c.fingerprint}
+            )
             dtype = cache.token_dtype(self.vocab.vocab_size)
             self._streams[component, split] = cache.load_or_build(path, lambda: cache.tokenize(c.task, split, dtype))
         return self._streams[component, split]
@@ -149,6 +153,8 @@ def make_dataset(data_cfg: DataConfig, seq_len: int, cache_dir: Path) -> PackedD
         dataset.num_tokens("validation")
     for name, available in dataset.tokens_per_component("train").items():
         if available < seq_len + 1:
-            raise ValueError(f"seq_len={seq_len} is larger than the data: {name} has {available} training "
-                             f"tokens, and one row needs seq_len + 1 = {seq_len + 1}")
+            raise ValueError(
+                f"seq_len={seq_len} is larger than the data: {name} has {available} training "
+                f"tokens, and one row needs seq_len + 1 = {seq_len + 1}"
+            )
     return dataset

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gptjax.config import ConfigError
+from gptjax.errors import InputNotFoundError
 from gptjax.paths import data_dir
 from gptjax.tokenizers import get_vocabulary
 
@@ -57,8 +58,10 @@ class TextFileSource:
         path = Path(self.path).expanduser()
         path = path if path.is_absolute() else data_dir() / path
         if not path.is_file():
-            raise FileNotFoundError(f"corpus file {path} does not exist (relative corpus paths are under the "
-                                    f"data root {data_dir()}; set GPTJAX_DATA_DIR to change it)")
+            raise InputNotFoundError(
+                f"corpus file {path} does not exist (relative corpus paths are under the "
+                f"data root {data_dir()}; set GPTJAX_DATA_DIR to change it)"
+            )
         return path
 
     def documents(self, split: str) -> list[str]:
@@ -108,9 +111,15 @@ class TextFileSource:
         """What the documents depend on, for cache keys: the file's identity and how it is split."""
         path = self.resolve()
         stat = path.stat()
-        return {"kind": "text", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "separator": self.separator, "jsonl_field": self.jsonl_field,
-                "validation_fraction": self.validation_fraction}
+        return {
+            "kind": "text",
+            "path": str(path),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "separator": self.separator,
+            "jsonl_field": self.jsonl_field,
+            "validation_fraction": self.validation_fraction,
+        }
 
 
 @dataclass(frozen=True)
@@ -149,8 +158,14 @@ def _add_source(name: str, source: Source) -> None:
     _SOURCES[name] = source
 
 
-def register_text_task(name: str, path: str | Path, *, separator: str | None = None,
-                       jsonl_field: str | None = None, validation_fraction: float = 0.1) -> None:
+def register_text_task(
+    name: str,
+    path: str | Path,
+    *,
+    separator: str | None = None,
+    jsonl_field: str | None = None,
+    validation_fraction: float = 0.1,
+) -> None:
     """Register a text or JSONL corpus file as task `name` (see TextFileSource for the arguments).
 
     The file is only read when the task is first used, so a missing file is reported then, by path.
@@ -162,8 +177,9 @@ def register_text_task(name: str, path: str | Path, *, separator: str | None = N
     _add_source(name, TextFileSource(str(path), separator, jsonl_field, validation_fraction))
 
 
-def register_tfds_task(name: str, tfds_name: str, *, text_field: str = "text",
-                       splits: tuple[str, ...] = ("train", "validation", "test")) -> None:
+def register_tfds_task(
+    name: str, tfds_name: str, *, text_field: str = "text", splits: tuple[str, ...] = ("train", "validation", "test")
+) -> None:
     """Register the TFDS dataset `tfds_name` (one document per example, from `text_field`) as task `name`."""
     _add_source(name, TfdsSource(tfds_name, text_field, tuple(splits)))
 
@@ -176,8 +192,10 @@ def register_mixture(name: str, rates: Mapping[str, float]) -> None:
         raise ValueError(f"task name {name!r} is already registered")
     unknown = [task for task in rates if task not in _SOURCES]
     if unknown or not rates:
-        raise ValueError(f"mixture {name!r}: components {unknown or 'none given'} are not registered tasks; "
-                         f"valid: {', '.join(sorted(_SOURCES))}")
+        raise ValueError(
+            f"mixture {name!r}: components {unknown or 'none given'} are not registered tasks; "
+            f"valid: {', '.join(sorted(_SOURCES))}"
+        )
     bad = {task: rate for task, rate in rates.items() if not (math.isfinite(rate) and rate > 0)}
     if bad:
         raise ValueError(f"mixture {name!r}: rates must be positive and finite, got {bad}")
@@ -191,8 +209,10 @@ def task_names() -> list[str]:
 
 def _check_known(name: str) -> None:
     if name not in _SOURCES and name not in _MIXTURES:
-        raise ConfigError(f"unknown data.task {name!r}; valid tasks: {', '.join(sorted(_SOURCES))}; "
-                          f"mixtures: {', '.join(sorted(_MIXTURES))}")
+        raise ConfigError(
+            f"unknown data.task {name!r}; valid tasks: {', '.join(sorted(_SOURCES))}; "
+            f"mixtures: {', '.join(sorted(_MIXTURES))}"
+        )
 
 
 def _seqio_name(name: str, vocab: seqio.Vocabulary, tfds_data_dir: str) -> str:
@@ -245,21 +265,22 @@ class Component:
 def components(name: str, vocab_spec: str, tfds_data_dir: str = "") -> list[Component]:
     """The components of a registered task (one, rate 1) or mixture, in registration order.
 
-    Raises FileNotFoundError, naming the path, if a component's corpus file is missing.
+    Raises InputNotFoundError, naming the path, if a component's corpus file is missing.
     """
     _check_known(name)
     get_task(name, vocab_spec, tfds_data_dir)
     vocab = get_vocabulary(vocab_spec)
     rates = _MIXTURES.get(name, {name: 1.0})
     total = sum(rates.values())
-    return [Component(_source_task(source, vocab, tfds_data_dir), rate / total,
-                      _SOURCES[source].fingerprint(tfds_data_dir)) for source, rate in rates.items()]
+    return [
+        Component(_source_task(source, vocab, tfds_data_dir), rate / total, _SOURCES[source].fingerprint(tfds_data_dir))
+        for source, rate in rates.items()
+    ]
 
 
 # Built-in corpora (paths under gptjax.paths.data_dir()) and a GPT-3-style mixture.
 register_text_task("tinyshakespeare", "corpora/tinyshakespeare/input.txt")
-register_text_task("tinystories_sample", "corpora/tinystories/tinystories_sample.txt",
-                   separator=r"<\|endoftext\|>")
+register_text_task("tinystories_sample", "corpora/tinystories/tinystories_sample.txt", separator=r"<\|endoftext\|>")
 # WikiText-2 raw test: articles start at a ` = Title = ` line (section headings are ` = = Heading = = `).
 # This copy has no blank lines around titles, so two formula lines of "Constant k filter" that look like
 # titles split that article in three: 62 documents for the 60 articles.
