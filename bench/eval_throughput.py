@@ -229,6 +229,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             entry |= {
                 "batches": stats.batches,
                 "shapes": sorted(stats.shapes),
+                "head_widths": sorted(stats.head_widths),
                 "trees": stats.trees,
                 "computed_tokens": stats.positions,
                 "scored_positions": stats.scored,

@@ -7,7 +7,7 @@
 Modules: registry (task definitions, eval/tasks/*.yaml), data (JSONL and corpora), templates (prompt
 rendering), fewshot (example sampling), task (prompts and requests per document), requests (tokenisation),
 lm (the model protocol), scoring (batched jitted scorer), gptjax_lm (the gptjax model), metrics, runner,
-hook (the few-shot hook training runs take).
+hook (the few-shot hook training runs take), phases (`gptjax eval`'s timing and compilation cache), cli.
 """
 
 from eval.gptjax_lm import GptjaxLM

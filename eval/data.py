@@ -1,4 +1,5 @@
-"""Reading evaluation documents: benchmark JSONL splits and plain-text corpora split into documents.
+"""Reading evaluation documents: benchmark JSONL splits and plain-text corpora split into documents, and
+the named document processors a task's `process_docs` may use.
 
 Nothing is downloaded or copied: files are read where they are (by default under `gptjax.paths.data_dir()`),
 and a bad file is reported with its path and line number.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,52 @@ def wikitext_detokenize(string: str) -> str:
 
 
 DETOKENIZERS = {"wikitext": wikitext_detokenize}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Document processors (a task's `process_docs`).
+
+
+class Documents(list):
+    """A split's documents as a list, with the row-wise part of `datasets.Dataset`'s API that lm-eval's
+    `process_docs` functions use (`map`, `filter`, `select`, `column_names`), so such a function runs
+    unchanged without the datasets package. As `Dataset.map`, `map` merges the fields the function returns
+    into each document (after dropping `remove_columns`)."""
+
+    def map(self, function: Callable[[dict[str, Any]], dict[str, Any] | None], remove_columns: Any = None) -> Documents:
+        drop = {remove_columns} if isinstance(remove_columns, str) else set(remove_columns or ())
+        return Documents({k: v for k, v in doc.items() if k not in drop} | (function(doc) or {}) for doc in self)
+
+    def filter(self, function: Callable[[dict[str, Any]], bool]) -> Documents:
+        return Documents(doc for doc in self if function(doc))
+
+    def select(self, indices: Iterable[int]) -> Documents:
+        return Documents(self[i] for i in indices)
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self[0]) if self else []
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def hellaswag_docs(docs: Documents) -> Documents:
+    """lm-eval's hellaswag `process_docs` (tasks/hellaswag/utils.py), for the Hugging Face rows (ctx_a,
+    ctx_b, activity_label, endings, label): adds `query`, `choices` and `gold`."""
+
+    def process(doc: dict[str, Any]) -> dict[str, Any]:
+        ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+        return {
+            "query": _hellaswag_text(doc["activity_label"] + ": " + ctx),
+            "choices": [_hellaswag_text(ending) for ending in doc["endings"]],
+            "gold": int(doc["label"]),
+        }
+
+    return docs.map(process)
+
+
+# The document processors a task YAML may name as `process_docs: NAME` (lm-eval's, for its raw datasets).
+DOC_PROCESSORS: dict[str, Callable[[Documents], Any]] = {"hellaswag": hellaswag_docs}

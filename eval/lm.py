@@ -40,6 +40,7 @@ class ModelInfo:
     non_embedding_params: int
     checkpoint: str | None = None
     step: int | None = None
+    tokenizer_source: str | None = None  # where the tokenizer was read from, when the model knows
 
 
 class LanguageModel(Protocol):

@@ -55,7 +55,7 @@ class GptjaxLMEval(LM):
         run_dir: str | Path | None = None,
         hf_dir: str | Path | None = None,
         step: int | None = None,
-        tokenizer: str = "gpt2",
+        tokenizer: str | None = None,
         batch_size: int | str | None = None,
         max_batch_size: int | None = None,
         device: str | None = None,
@@ -84,7 +84,7 @@ class GptjaxLMEval(LM):
         return cls(run_dir=run_dir, step=step, **kwargs)
 
     @classmethod
-    def from_hf(cls, model_dir: str | Path, tokenizer: str = "gpt2", **kwargs: Any) -> GptjaxLMEval:
+    def from_hf(cls, model_dir: str | Path, tokenizer: str | None = None, **kwargs: Any) -> GptjaxLMEval:
         """A Hugging Face GPT-2 directory (config.json + model.safetensors), read with gptjax.hf."""
         return cls(hf_dir=model_dir, tokenizer=tokenizer, **kwargs)
 

@@ -97,6 +97,10 @@ _REGISTERED: dict[str, Metric] = {
     )
 }
 METRICS_BY_NAME: Mapping[str, Metric] = MappingProxyType(_REGISTERED)  # a read-only view of the registry
+# lm-eval's names of these aggregations (a task YAML's `metric_list[].aggregation`).
+AGGREGATIONS: Mapping[str, Callable[[list[Any]], float]] = MappingProxyType(
+    {"mean": mean, "perplexity": perplexity, "weighted_perplexity": weighted_perplexity, "bits_per_byte": bits_per_byte}
+)
 
 
 def register_metric(metric: Metric) -> Metric:

@@ -2,21 +2,29 @@
 
 The fields and their meaning follow lm-evaluation-harness's task YAMLs (`doc_to_text`, `doc_to_target`,
 `doc_to_choice`, `target_delimiter`, ...) so a definition can be checked line by line against the lm-eval
-task it mirrors; eval/README.md documents every field. Validation happens here, at load time, and names the
-file and the offending key or value.
+task it mirrors; eval/README.md documents every field. An lm-eval (0.4) task YAML is also accepted as it is:
+its keys that gptjax spells differently (`dataset_path: json` + `dataset_kwargs.data_files`, `metric_list`,
+`filter_list`, ...) are translated here, `!function` is resolved from a Python file beside the YAML, and a
+key whose meaning gptjax does not implement is an error naming it, never silently ignored. Validation
+happens here, at load time, and names the file and the offending key or value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 
-from eval.data import DETOKENIZERS, DOCUMENT_SPLITTERS
-from eval.metrics import METRICS_BY_NAME
+from eval.data import DETOKENIZERS, DOC_PROCESSORS, DOCUMENT_SPLITTERS
+from eval.metrics import AGGREGATIONS, METRICS_BY_NAME
 from gptjax.errors import GptjaxError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "tasks"
@@ -32,6 +40,17 @@ METRICS = {
 _UNDECLARED = sorted({name for names in METRICS.values() for name in names} - METRICS_BY_NAME.keys())
 if _UNDECLARED:
     raise ImportError(f"eval.registry.METRICS allows metrics eval.metrics does not declare: {_UNDECLARED}")
+# lm-eval's metrics when a task names none (its DEFAULT_METRIC_REGISTRY).
+DEFAULT_METRICS = {
+    "multiple_choice": ("acc", "acc_norm"),
+    "loglikelihood": ("perplexity", "acc"),
+    "generate_until": ("exact_match",),
+    "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+}
+# Which scored documents are left out of their own few-shot examples: gptjax's rule (lm-eval's, and also
+# whenever the examples come from the scored split) or lm-eval 0.4's alone (only when the configured
+# fewshot_split equals the configured test_split). See eval/README.md, "Prompts and scoring".
+FEWSHOT_EXCLUSIONS = ("scored_split", "lm_eval")
 GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature")
 EXACT_MATCH_KEYS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore")
 
@@ -54,10 +73,13 @@ class TaskSpec:
     validation_split: str | None = None
     test_split: str | None = None
     fewshot_split: str | None = None
-    # Prompt.
-    doc_to_text: str | None = None
-    doc_to_target: str | int | list | None = None
-    doc_to_choice: str | list | dict | None = None
+    process_docs: str | Callable | None = None  # a DOC_PROCESSORS name, or a function (lm-eval's !function)
+    num_fewshot: int = 0  # K when no shot counts are given
+    fewshot_exclusion: str = "scored_split"  # one of FEWSHOT_EXCLUSIONS
+    # Prompt: templates, or functions of the document (lm-eval's !function).
+    doc_to_text: str | Callable | None = None
+    doc_to_target: str | int | list | Callable | None = None
+    doc_to_choice: str | list | dict | Callable | None = None
     description: str = ""
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
@@ -86,6 +108,17 @@ class TaskSpec:
             raise TaskError(
                 f"{where}: metrics {bad or '[]'} are not valid for {self.output_type}; choose from {list(valid)}"
             )
+        if self.fewshot_exclusion not in FEWSHOT_EXCLUSIONS:
+            raise TaskError(
+                f"{where}: fewshot_exclusion {self.fewshot_exclusion!r} is not one of {list(FEWSHOT_EXCLUSIONS)}"
+            )
+        if isinstance(self.process_docs, str) and self.process_docs not in DOC_PROCESSORS:
+            raise TaskError(
+                f"{where}: process_docs {self.process_docs!r} is not one of {list(DOC_PROCESSORS)} "
+                "(or a `!function module.name` defined beside the YAML)"
+            )
+        if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+            raise TaskError(f"{where}: num_fewshot must be a non-negative integer, got {self.num_fewshot!r}")
         if self.output_type == "loglikelihood_rolling":
             self._check_corpus(where)
             return
@@ -135,46 +168,228 @@ class TaskSpec:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TaskSpec)} - {"path"}
+FUNCTION_KEYS = ("process_docs", "doc_to_text", "doc_to_target", "doc_to_choice")  # where !function may appear
+# lm-eval keys with no effect on what is scored: task naming, version metadata, decontamination.
+LM_EVAL_IGNORED = ("metadata", "tag", "task_alias", "should_decontaminate", "doc_to_decontamination_query")
+# lm-eval keys gptjax accepts only at lm-eval's default value (what it implements), and what they would change.
+LM_EVAL_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "repeats": (1, "repeated sampling"),
+    "unsafe_code": (False, "code execution"),
+    "gen_prefix": (None, "a prefix before each answer"),
+    "use_prompt": (None, "promptsource templates"),
+    "process_results": (None, "custom per-document scoring"),
+    "doc_to_image": (None, "image inputs"),
+    "doc_to_audio": (None, "audio inputs"),
+    "custom_dataset": (None, "a Python dataset factory"),
+}
+METRIC_OPTIONS = {"exact_match": EXACT_MATCH_KEYS}  # a metric_list entry's options, by metric
+WHITESPACE_FILTER = [{"function": "remove_whitespace"}, {"function": "take_first"}]  # = strip_prediction
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A `!function module.name` tag as read, with the file it was written in (`module` is looked up there)."""
+
+    name: str
+    yaml_path: Path
+
+
+def _loader(path: Path) -> type[yaml.SafeLoader]:
+    """yaml's safe loader, plus lm-eval's `!function` tag (kept as a FunctionRef until resolved)."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: FunctionRef(loader.construct_scalar(node), path))
+    return Loader
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML mapping, with `include: other.yaml` (relative to this file) merged underneath."""
+    """A YAML mapping, with `include: other.yaml` (or a list of them; relative to this file) merged underneath."""
     if path in seen:
         raise TaskError(f"include cycle: {' -> '.join(map(str, seen + (path,)))}")
+    if not path.is_file():
+        raise TaskError(f"task definition {path} does not exist" + (f" (included by {seen[-1]})" if seen else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_loader(path))  # noqa: S506 (a safe loader)
     except yaml.YAMLError as err:
         raise TaskError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise TaskError(f"{path}: a task definition must be a YAML mapping, got {type(raw).__name__}")
     include = raw.pop("include", None)
-    if include is None:
-        return raw
-    base = _read_yaml((path.parent / include).resolve(), seen + (path,))
-    return base | raw
+    merged: dict[str, Any] = {}
+    for other in [include] if isinstance(include, str) else include or []:
+        merged |= _read_yaml((path.parent / other).resolve(), seen + (path,))
+    return merged | raw
+
+
+@functools.cache
+def _module_beside(file: Path) -> ModuleType:
+    """The Python file `file` executed as a module of its own (named after its path, so two task directories'
+    `utils.py` never collide)."""
+    name = f"gptjax_task_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_function(ref: FunctionRef, key: str) -> Callable:
+    """The function a `!function module.name` names: `name` in `module.py` beside the YAML that holds the tag.
+    Nothing else is importable this way (no installed module, no other directory), so a task file can only
+    run code that sits next to it."""
+    where = f"{ref.yaml_path}: {key}: !function {ref.name!r}"
+    module, _, name = ref.name.rpartition(".")
+    if not (module.isidentifier() and name.isidentifier()):
+        raise TaskError(f"{where} must be MODULE.FUNCTION, with MODULE.py beside the YAML")
+    file = ref.yaml_path.parent / f"{module}.py"
+    if not file.is_file():
+        raise TaskError(f"{where} needs {file}: functions are only loaded from a Python file beside the task YAML")
+    try:
+        function = getattr(_module_beside(file.resolve()), name, None)
+    except Exception as err:  # the module's own import-time failure, e.g. a package it needs is missing
+        raise TaskError(f"{where}: importing {file} failed: {type(err).__name__}: {err}") from None
+    if not callable(function):
+        raise TaskError(f"{where}: {file} defines no function {name!r}")
+    return function
+
+
+def _data_files(dataset_kwargs: Any, where: str) -> dict[str, str]:
+    """lm-eval's `dataset_kwargs` for `dataset_path: json`: {split: file}; relative files are resolved as
+    Hugging Face datasets (so lm-eval) resolves them, against the working directory."""
+    if not isinstance(dataset_kwargs, dict) or "data_files" not in dataset_kwargs:
+        raise TaskError(f"{where}: dataset_path: json needs dataset_kwargs.data_files (a file per split)")
+    unknown = sorted(set(dataset_kwargs) - {"data_files", "cache_dir"})  # cache_dir: where datasets caches
+    if unknown:
+        raise TaskError(f"{where}: dataset_kwargs {unknown} are not supported (only data_files)")
+    files = dataset_kwargs["data_files"]
+    files = {"train": files} if isinstance(files, str) else files  # datasets' rule for a bare file
+    out = {}
+    for split, file in files.items():
+        if isinstance(file, list) and len(file) == 1:
+            file = file[0]
+        if not isinstance(file, str):
+            raise TaskError(f"{where}: dataset_kwargs.data_files.{split} must be one file, got {file!r}")
+        out[split] = str(Path(file).expanduser().resolve())
+    return out
+
+
+def _metrics(metric_list: Any, values: dict[str, Any], where: str) -> tuple[str, ...]:
+    """lm-eval's `metric_list` as metric names, checked against eval.metrics' declarations (an aggregation or
+    direction that contradicts gptjax's metric of that name is an error); exact_match options are kept."""
+    if not isinstance(metric_list, list):
+        raise TaskError(f"{where}: metric_list must be a list of {{metric: NAME, ...}} entries")
+    names = []
+    for i, entry in enumerate(metric_list):
+        name = entry.get("metric") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise TaskError(f"{where}: metric_list[{i}] must name its metric as a string, got {entry!r}")
+        known = METRICS_BY_NAME.get(name)
+        if known is None:
+            raise TaskError(
+                f"{where}: metric_list: metric {name!r} is not one gptjax computes: {list(METRICS_BY_NAME)}"
+            )
+        aggregation = entry.get("aggregation")
+        if aggregation is not None and AGGREGATIONS.get(aggregation) is not known.aggregate:
+            ours = next(n for n, f in AGGREGATIONS.items() if f is known.aggregate)
+            raise TaskError(
+                f"{where}: metric_list: {name} has aggregation {aggregation!r}, but gptjax's {name} aggregates "
+                f"by {ours!r}"
+            )
+        if entry.get("higher_is_better", known.higher_is_better) != known.higher_is_better:
+            raise TaskError(
+                f"{where}: metric_list: {name} has higher_is_better {entry['higher_is_better']!r}, but gptjax's "
+                f"{name} has {known.higher_is_better}"
+            )
+        options = {k: v for k, v in entry.items() if k not in ("metric", "aggregation", "higher_is_better")}
+        bad = sorted(set(options) - set(METRIC_OPTIONS.get(name, ())))
+        if bad:
+            raise TaskError(f"{where}: metric_list: {name} options {bad} are not supported")
+        if options:
+            values["exact_match"] = values.get("exact_match", {}) | options
+        names.append(name)
+    return tuple(names)
+
+
+def _from_lm_eval(values: dict[str, Any], where: str) -> None:
+    """Translate, in place, the lm-eval keys that gptjax spells differently; refuse those it cannot honour."""
+    for key in LM_EVAL_IGNORED:
+        values.pop(key, None)
+    for key, (default, meaning) in LM_EVAL_DEFAULTS.items():
+        if key in values and values.pop(key) not in (default, "" if default is None else default):
+            raise TaskError(f"{where}: {key} ({meaning}) is not supported by gptjax; only {key}: {default!r}")
+    if "group" in values or not isinstance(values.get("task", ""), str):
+        raise TaskError(f"{where}: group definitions are not supported; pass the tasks themselves")
+    if "dataset_path" in values:
+        dataset_path = values.pop("dataset_path")
+        if dataset_path != "json":
+            raise TaskError(
+                f"{where}: dataset_path {dataset_path!r} is a Hugging Face Hub dataset, which gptjax does not "
+                "download; use `dataset_path: json` with `dataset_kwargs: {data_files: {SPLIT: FILE.jsonl}}`"
+            )
+        if "data_files" in values:
+            raise TaskError(f"{where}: give data_files or dataset_kwargs.data_files, not both")
+        values["data_files"] = _data_files(values.pop("dataset_kwargs", None), where)
+        values.pop("dataset_name", None)  # with `json` it only names datasets' builder configuration
+    if "metric_list" in values:
+        if "metrics" in values:
+            raise TaskError(f"{where}: give metrics or metric_list, not both")
+        values["metrics"] = _metrics(values.pop("metric_list"), values, where)
+    if "filter_list" in values:
+        filters = values.pop("filter_list")
+        pipelines = [f.get("filter") for f in filters] if isinstance(filters, list) else None
+        if pipelines not in ([[{"function": "take_first"}]], [WHITESPACE_FILTER]):
+            raise TaskError(
+                f"{where}: filter_list {filters!r} is not supported; gptjax implements lm-eval's default "
+                f"(take_first) and {WHITESPACE_FILTER} (strip_prediction: true)"
+            )
+        values["strip_prediction"] = pipelines == [WHITESPACE_FILTER]
+    if "fewshot_config" in values:
+        fewshot = values.pop("fewshot_config") or {}
+        if (
+            not isinstance(fewshot, dict)
+            or set(fewshot) - {"sampler"}
+            or fewshot.get("sampler", "default") != "default"
+        ):
+            raise TaskError(
+                f"{where}: fewshot_config {fewshot!r} is not supported; gptjax draws examples as lm-eval's "
+                "default sampler does (fewshot_config: {sampler: default})"
+            )
+
+
+def _holds_function(value: Any) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, FunctionRef) or (isinstance(value, list) and any(map(_holds_function, value)))
 
 
 def spec_from_dict(raw: dict[str, Any], path: str | None = None) -> TaskSpec:
-    """A TaskSpec from a parsed definition; unknown keys are errors (they are usually typos)."""
+    """A TaskSpec from a parsed definition, in gptjax's form or lm-eval's; unknown keys are errors (they are
+    usually typos). As in lm-eval, output_type defaults to generate_until and metrics to its defaults."""
     where = path or raw.get("task", "<task definition>")
-    unknown = sorted(set(raw) - _FIELDS)
+    values = dict(raw)
+    if path is not None and "data_files" in values:  # gptjax's own form: relative to the YAML
+        base = Path(path).parent
+        values["data_files"] = {split: str((base / f).resolve()) for split, f in values["data_files"].items()}
+    _from_lm_eval(values, where)
+    unknown = sorted(set(values) - _FIELDS)
     if unknown:
         raise TaskError(f"{where}: unknown keys {unknown}; valid keys: {sorted(_FIELDS)}")
-    for key in ("task", "output_type", "metrics"):
-        if key not in raw:
-            raise TaskError(f"{where}: missing required key {key!r}")
-    values = dict(raw)
-    values["metrics"] = tuple(values["metrics"])
-    if path is not None:
-        base = Path(path).parent
-        values["data_files"] = {split: str((base / f).resolve()) for split, f in values.get("data_files", {}).items()}
+    if "task" not in values:
+        raise TaskError(f"{where}: missing required key 'task'")
+    for key, value in values.items():
+        if isinstance(value, FunctionRef) and key in FUNCTION_KEYS:
+            values[key] = resolve_function(value, key)
+        elif _holds_function(value):
+            raise TaskError(f"{where}: {key}: !function is only supported for {list(FUNCTION_KEYS)}")
+    values.setdefault("output_type", "generate_until")
+    values["metrics"] = tuple(values.get("metrics") or DEFAULT_METRICS.get(values["output_type"], ()))
     return TaskSpec(**values, path=path)
 
 
 def load_spec_file(path: str | Path) -> TaskSpec:
     path = Path(path).resolve()
-    if not path.is_file():
-        raise TaskError(f"task definition {path} does not exist")
     return spec_from_dict(_read_yaml(path), str(path))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from gptjax.reporting import (
     sequential_colours,
     write_report,
 )
+from gptjax.rundir import as_path, staged_dir
 
 _PARAMS_AXIS = {
     "non_embedding_params": "Non-embedding parameters (log scale)",
@@ -238,6 +239,40 @@ def _summary(runs: Sequence[ModelRun], formats: Mapping[str, MetricFormat]) -> l
     ]
 
 
+def _contamination(runs: Sequence[ModelRun], formats: Mapping[str, MetricFormat]) -> list[Block]:
+    """GPT-3's contamination check (Appendix C): each task's primary metric on all documents and on the
+    clean subset that no training document overlaps (results of `gptjax eval --dirty`), side by side."""
+    rows = []
+    for task, fmt in formats.items():
+        for k in _ks(runs, task):
+            for run in runs:
+                result = run.result(task, k)
+                if result is None or result.clean is None:
+                    continue
+                clean = replace(result, metrics=result.clean.metrics, num_docs=result.clean.num_docs)
+                delta = "—"
+                if fmt.metric in clean.metrics and fmt.metric in result.metrics:
+                    delta = f"{(clean.metrics[fmt.metric] - result.metrics[fmt.metric]) * fmt.scale:+.{fmt.digits}f}"
+                cells = (fmt.cell(result), str(result.num_docs), fmt.cell(clean), str(clean.num_docs), delta)
+                rows.append((task, fmt.header, str(k), run.label, *cells))
+    if not rows:
+        return []
+    return [
+        Heading(2, "Contamination: clean subset vs all"),
+        Text(
+            "Each task scored on all its documents and on its clean subset: the documents sharing no n-gram "
+            "(13 words by default; a shorter document: all of it) with the training corpus, as `gptjax data "
+            "decontaminate` found them. A clean score well below the full one suggests the model memorised "
+            "contaminated documents."
+        ),
+        Table(
+            ("Task", "Metric", "K", "Model", "All", "Docs", "Clean", "Clean docs", "Clean − all"),
+            tuple(rows),
+            frozenset({2, 4, 5, 6, 7, 8}),
+        ),
+    ]
+
+
 def _scaling_section(
     runs: Sequence[ModelRun],
     scaling: Sequence[ModelRun],
@@ -406,6 +441,7 @@ def build_report(
     blocks = [
         Heading(1, _TITLE),
         *_summary(runs, formats),
+        *_contamination(runs, formats),
         *_scaling_section(runs, scaling, params_kind, plots, formats),
         *_k_section(runs, plots, formats),
         *_all_metrics(runs, tasks),
@@ -422,8 +458,8 @@ def report_command(argv: list[str]) -> int:
         description="Markdown + self-contained HTML report with GPT-3-style tables and "
         "plots from eval results files (one file per model/checkpoint).",
     )
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report directory (created)")
+    parser.add_argument("results", nargs="+", metavar="RESULTS.json", help="local or gs:// files")
+    parser.add_argument("--out", required=True, metavar="DIR", help="report directory, local or gs:// (created)")
     parser.add_argument(
         "--metric",
         action="append",
@@ -446,11 +482,11 @@ def report_command(argv: list[str]) -> int:
             parser.error(f"--metric {item!r} is not of the form TASK=METRIC")
         preference[task.strip()] = metric.strip()
     kind: ParamsKind = "non_embedding_params" if args.params == "non-embedding" else "params"
-    written = build_report(args.results, args.out, preference, params_kind=kind)
+    with staged_dir(args.out) as out_dir:  # written locally, then uploaded when on gs://
+        written = build_report(args.results, out_dir, preference, params_kind=kind)
+    out = as_path(args.out)
     plots = sum(key.endswith(".png") for key in written)
-    print(
-        f"wrote {written['report.md']} and {written['report.html']} ({_plural(plots, 'plot')} in {args.out / 'plots'})"
-    )
+    print(f"wrote {out / 'report.md'} and {out / 'report.html'} ({_plural(plots, 'plot')} in {out / 'plots'})")
     return 0
 
 

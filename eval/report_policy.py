@@ -30,6 +30,10 @@ DEFAULT_PRIMARY_METRICS: Mapping[str, str] = MappingProxyType(
         "copa": "acc",
         "triviaqa": "exact_match",
         "perplexity": "word_perplexity",
+        # The ICL probes (eval/icl): induction heads, the ICL score, in-context regression.
+        "induction": "induction_score",
+        "icl_score": "icl_score",
+        "linear_regression": "normalized_mse",
     }
 )
 # Tasks no preference names (e.g. perplexity tasks named after their corpus) take the first of these present.

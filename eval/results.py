@@ -15,12 +15,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gptjax.errors import GptjaxError, InputNotFoundError
+from gptjax.rundir import as_path, is_local
 
 ParamsKind = Literal["non_embedding_params", "params"]
 
 
 class ReportError(GptjaxError, ValueError):
     """A results file or report option is unusable; the message names the file, key or value."""
+
+
+@dataclass(frozen=True)
+class CleanSubset:
+    """A result's scores on the documents its dirty-id file does not list (GPT-3's clean subset)."""
+
+    num_docs: int
+    num_dirty: int
+    metrics: dict[str, float]  # empty when every document is dirty
+    dirty_file: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class TaskResult:
     num_docs: int
     metrics: dict[str, float]  # metric values and their `<name>_stderr` entries
     example_prompt: str
+    clean: CleanSubset | None = None  # with `gptjax eval --dirty`
 
     def stderr(self, metric: str) -> float | None:
         """The standard error, or None when the harness wrote none (or NaN, e.g. for perplexities)."""
@@ -96,6 +108,20 @@ def _metrics(raw: dict[str, Any], where: str, path: Path) -> dict[str, float]:
     return metrics
 
 
+def _clean_subset(raw: dict[str, Any], where: str, path: Path) -> CleanSubset | None:
+    if "clean" not in raw:
+        return None
+    clean, where = _get(raw, "clean", dict, where, path), f"{where}.clean"
+    num_docs = _get(clean, "num_docs", int, where, path)
+    metrics = _get(clean, "metrics", dict, where, path)
+    return CleanSubset(
+        num_docs=num_docs,
+        num_dirty=_get(clean, "num_dirty", int, where, path),
+        metrics=_metrics(metrics, where, path) if num_docs else {},
+        dirty_file=_get(clean, "dirty_file", str, where, path),
+    )
+
+
 def _task_result(raw: Any, where: str, path: Path) -> TaskResult:
     if not isinstance(raw, dict):
         raise ReportError(f"{path}: {where} must be an object, got {_short(raw)}")
@@ -108,6 +134,7 @@ def _task_result(raw: Any, where: str, path: Path) -> TaskResult:
         num_docs=_get(raw, "num_docs", int, where, path),
         metrics=_metrics(_get(raw, "metrics", dict, where, path), where, path),
         example_prompt=_get(raw, "example_prompt", str, where, path),
+        clean=_clean_subset(raw, where, path),
     )
     if result.num_fewshot < 0:
         raise ReportError(f"{path}: {where}.num_fewshot must be >= 0, got {result.num_fewshot}")
@@ -115,8 +142,8 @@ def _task_result(raw: Any, where: str, path: Path) -> TaskResult:
 
 
 def load_results(path: Path | str) -> ModelRun:
-    """Read and validate one results file written by the eval harness."""
-    path = Path(path)
+    """Read and validate one results file written by the eval harness (local or gs://)."""
+    path = as_path(path)
     if not path.is_file():
         raise InputNotFoundError(
             f"results file {path} does not exist" if not path.exists() else f"results file {path} is not a file"
@@ -141,7 +168,7 @@ def load_results(path: Path | str) -> ModelRun:
                 f"num_fewshot={result.num_fewshot}; a report takes one result per task and K"
             )
     run = ModelRun(
-        path=path.resolve(),
+        path=path.resolve() if is_local(path) else path,
         name=_get(model, "name", str, "model", path),
         params=_get(model, "params", int, "model", path),
         non_embedding_params=_get(model, "non_embedding_params", int, "model", path),
@@ -186,4 +213,4 @@ def _label_runs(runs: list[ModelRun]) -> list[ModelRun]:
     return labelled
 
 
-__all__ = ["ModelRun", "ParamsKind", "ReportError", "TaskResult", "load_results", "load_runs"]
+__all__ = ["CleanSubset", "ModelRun", "ParamsKind", "ReportError", "TaskResult", "load_results", "load_runs"]

@@ -14,18 +14,56 @@ from typing import Any
 
 from eval import metrics as M
 from eval.fewshot import DEFAULT_SEED, LmEvalSampler, SamplerFactory
-from eval.lm import LanguageModel
+from eval.lm import LanguageModel, ModelInfo
 from eval.registry import TaskSpec, get_spec
 from eval.task import Instance, Task
+from gptjax.prep.contamination import ContaminationError, DirtySet
 from gptjax.rundir import PathLike, write_json
 
 EXAMPLE_PROMPT_CHARS = 4000  # a rolling-perplexity document is shown up to this length
 
 
+TaskRef = str | Path | TaskSpec | Task
+
+
+def task_shots(task: Task, shots: Sequence[int] | None) -> list[int]:
+    """The K values `task` runs at: `shots`, else the task's own num_fewshot; rolling perplexity only at 0."""
+    if task.spec.output_type == "loglikelihood_rolling":
+        return [0]
+    return list(dict.fromkeys(shots if shots is not None else [task.spec.num_fewshot]))
+
+
+def load_tasks(
+    tasks: Sequence[TaskRef],
+    shots: Sequence[int] | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    corpus_dir: str | Path | None = None,
+    descriptions: Mapping[str, str] | None = None,
+    fewshot_exclusion: str | None = None,
+) -> list[Task]:
+    """The tasks bound to their data, with every file they need read: the scored documents, and the few-shot
+    documents of a task that runs at some K > 0. So a wrong name, option or file fails here, before any model
+    is loaded or called. `Task`s are taken as they are (the other arguments only apply to the rest)."""
+    if shots is not None and any(k < 0 for k in shots):
+        raise ValueError(f"shot counts must be >= 0, got {list(shots)}")
+    descriptions = descriptions or {}
+    refs = [t if isinstance(t, Task) else get_spec(t) for t in tasks]  # every name first, then any file
+    loaded = [
+        t if isinstance(t, Task) else Task(t, data_dir, corpus_dir, descriptions.get(t.task), fewshot_exclusion)
+        for t in refs
+    ]
+    for task in loaded:
+        task.eval_docs()
+        if any(task_shots(task, shots)):
+            task.fewshot_docs()
+    return loaded
+
+
 def evaluate(
     lm: LanguageModel,
-    tasks: Sequence[str | Path | TaskSpec],
-    shots: Sequence[int] = (0,),
+    tasks: Sequence[TaskRef],
+    shots: Sequence[int] | None = None,
     *,
     limit: int | None = None,
     seed: int = DEFAULT_SEED,
@@ -34,30 +72,52 @@ def evaluate(
     bootstrap_iters: int = 1000,
     sampler_factory: SamplerFactory = LmEvalSampler,
     descriptions: Mapping[str, str] | None = None,
+    fewshot_exclusion: str | None = None,
     log_samples: bool = True,
+    dirty: Mapping[str, DirtySet] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `lm` on every task at every K in `shots`.
+    """Evaluate `lm` on every task at every K in `shots` (default: each task's num_fewshot, 0 unless its
+    YAML says otherwise).
 
-    `tasks` are built-in names, task YAML paths or TaskSpecs; `limit` keeps the first documents of each
-    task; `data_dir` is the benchmark directory (default: data_dir()/"benchmarks") and `corpus_dir` the
-    corpus directory (default: data_dir()/"corpora"); `descriptions` maps task names to a description that
-    replaces the task's own. Rolling-perplexity tasks run once, at K=0. With `log_samples`, every result
-    carries its per-document `samples`.
+    `tasks` are built-in names, task YAML paths, TaskSpecs or Tasks (`load_tasks`); `limit` keeps the first
+    documents of each task; `data_dir` is the benchmark directory (default: data_dir()/"benchmarks") and
+    `corpus_dir` the corpus directory (default: data_dir()/"corpora"); `descriptions` maps task names to a
+    description that replaces the task's own; `fewshot_exclusion` overrides every task's rule for leaving
+    the scored document out of its examples (eval.registry.FEWSHOT_EXCLUSIONS). Rolling-perplexity tasks run
+    once, at K=0. With `log_samples`, every result carries its per-document `samples`. A task with a
+    DirtySet in `dirty` (`gptjax data decontaminate`) is also scored on its clean subset, GPT-3's
+    contamination check: the result's "clean" entry.
     """
-    if any(k < 0 for k in shots):
-        raise ValueError(f"shot counts must be >= 0, got {list(shots)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of documents, got {limit}")
-    descriptions = descriptions or {}
-    specs = [get_spec(t) for t in tasks]  # every name is checked before any model call
-    loaded = [Task(s, data_dir, corpus_dir, descriptions.get(s.task)) for s in specs]
+    loaded = load_tasks(
+        tasks,
+        shots,
+        data_dir=data_dir,
+        corpus_dir=corpus_dir,
+        descriptions=descriptions,
+        fewshot_exclusion=fewshot_exclusion,
+    )
+    dirty = dirty or {}
+    for task in loaded:
+        if task.name in dirty:
+            _check_dirty(task, dirty[task.name])
     results = []
     for task in loaded:
         docs = task.eval_docs()[:limit]
-        rolling = task.spec.output_type == "loglikelihood_rolling"
-        for k in [0] if rolling else list(dict.fromkeys(shots)):
-            results.append(_evaluate_task(lm, task, docs, k, seed, bootstrap_iters, sampler_factory, log_samples))
-    info = lm.info
+        for k in task_shots(task, shots):
+            result = _evaluate_task(lm, task, docs, k, seed, bootstrap_iters, sampler_factory, True)
+            if task.name in dirty:
+                result["clean"] = _clean_subset(task, result["samples"], dirty[task.name], bootstrap_iters)
+            if not log_samples:
+                del result["samples"]
+            results.append(result)
+    return results_file(lm.info, lm.tokenizer_name, lm.max_length, results)
+
+
+def results_file(info: ModelInfo, tokenizer: str, max_length: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A results file's contents (eval/results.py reads them back): the model, the tokenizer and `results`,
+    one entry per (task, K). The ICL probes (eval/icl) write theirs through here too."""
     return {
         "model": {
             "name": info.name,
@@ -66,10 +126,11 @@ def evaluate(
             "checkpoint": info.checkpoint,
             "step": info.step,
         },
-        "tokenizer": lm.tokenizer_name,
+        "tokenizer": tokenizer,
+        "tokenizer_source": info.tokenizer_source,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "gptjax_version": importlib.metadata.version("gptjax"),
-        "max_length": lm.max_length,
+        "max_length": max_length,
         "results": results,
     }
 
@@ -96,18 +157,16 @@ def _evaluate_task(
         "loglikelihood_rolling": _rolling,
     }[task.spec.output_type]
     samples, truncated = run(lm, task, instances)
-    values: dict[str, float | None] = {}
-    for metric in task.spec.metrics:
-        values[metric], values[f"{metric}_stderr"] = M.aggregate(metric, [s[metric] for s in samples], bootstrap_iters)
     result = {
         "task": task.name,
         "split": task.eval_split,
         "num_fewshot": k,
         "fewshot_split": task.fewshot_split if k > 0 else "",
         "fewshot_fallback": k > 0 and task.fewshot_fallback,
+        "fewshot_exclusion": task.fewshot_exclusion if k > 0 else "",
         "seed": seed,
         "num_docs": len(docs),
-        "metrics": values,
+        "metrics": _metrics(task, samples, bootstrap_iters),
         "example_prompt": _example_prompt(task, instances[0]),
         "output_type": task.spec.output_type,
         "truncated_requests": truncated,
@@ -118,15 +177,37 @@ def _evaluate_task(
     return result
 
 
+def _metrics(task: Task, samples: list[dict[str, Any]], bootstrap_iters: int) -> dict[str, float | None]:
+    values: dict[str, float | None] = {}
+    for metric in task.spec.metrics:
+        values[metric], values[f"{metric}_stderr"] = M.aggregate(metric, [s[metric] for s in samples], bootstrap_iters)
+    return values
+
+
+def _check_dirty(task: Task, dirty: DirtySet) -> None:
+    n = len(task.eval_docs())
+    if (dirty.split, dirty.num_docs) != (task.eval_split, n):
+        raise ContaminationError(
+            f"{dirty.path} lists dirty documents of {dirty.num_docs} {dirty.split} documents, but task {task.name} "
+            f"scores {n} {task.eval_split} documents; rerun `gptjax data decontaminate`"
+        )
+
+
+def _clean_subset(task: Task, samples: list[dict[str, Any]], dirty: DirtySet, bootstrap_iters: int) -> dict[str, Any]:
+    """The metrics over the scored documents the dirty-id file does not list (none if every one is dirty)."""
+    clean = [s for s in samples if s["doc_id"] not in dirty.ids]
+    return {
+        "dirty_file": dirty.path,
+        "num_docs": len(clean),
+        "num_dirty": len(samples) - len(clean),
+        "metrics": _metrics(task, clean, bootstrap_iters) if clean else {},
+    }
+
+
 def _example_prompt(task: Task, instance: Instance) -> str:
     """What the model sees for the first document, with its correct answer where there is one."""
-    if instance.text is not None:
-        return instance.text[:EXAMPLE_PROMPT_CHARS]
-    if instance.generation is not None:
-        return instance.generation.context
-    if task.spec.output_type == "multiple_choice":
-        return "".join(instance.requests[task.gold_index(instance.doc)])
-    return "".join(instance.requests[0])
+    text = task.shown_text(instance)
+    return text[:EXAMPLE_PROMPT_CHARS] if instance.text is not None else text
 
 
 def _multiple_choice(lm: LanguageModel, task: Task, instances: list[Instance]) -> tuple[list[dict], int]:

@@ -5,10 +5,13 @@ same context, different continuations) become one prefix tree: the prefix once, 
 its own branch that attends to the prefix and to itself (`gptjax.model.attention_masks`' `branch_ids`),
 with positions continuing from the prefix, so every branch sees exactly the input a request alone would
 give it. Trees are packed into rows of a few power-of-two lengths (segment ids keep them apart), rows into
-batches of a fixed number of rows, and only the scored positions go through the LM head (in one of a few
-scored widths, over slices of the vocabulary): XLA compiles a handful of programs however many requests
-there are. Given a mesh, each batch is sharded over the mesh axes the rules table maps the logical `batch`
-axis to (gptjax.sharding), and the parameters are replicated (or placed with the shardings given).
+batches of a fixed number of rows. Two programs score a batch: the model body over its rows (one compiled
+shape per row length), then the LM head over only the scored positions, over slices of the vocabulary, in
+calls of one of four fixed widths (`HEAD_WIDTHS`) however the positions are spread over batches. So XLA
+compiles a handful of programs whatever the requests are, the same ones for every task (which is what makes
+a persistent compilation cache hit), and the head computes at most one partly filled call per batch.
+Given a mesh, each batch is sharded over the mesh axes the rules table maps the logical `batch` axis to
+(gptjax.sharding), and the parameters are replicated (or placed with the shardings given).
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class Rows(NamedTuple):
 # gptjax.model.project_to_vocab of them and the output embedding.
 FeaturesFn = Callable[[Any, Rows], jax.Array]
 GREEDY_RTOL = 1e-5  # a target logit this close to the maximum (relative) counts as greedy; see _score_positions
+# Scored positions per data-parallel group in one call of the LM head (capped at the group's slots): full
+# calls of the largest, then the smallest width that holds what is left of the batch.
+HEAD_WIDTHS = (512, 256, 128, 64)
+TARGETS_PER_POSITION = 2  # a call scores at most this many targets per position (a prefix's last slot
+#                           predicts the first token of every branch; other positions predict one each)
 
 
 class LMHead(NamedTuple):
@@ -61,8 +69,9 @@ class ScoreStats:
     batches: int = 0
     positions: int = 0  # token positions the model body computed (rows x length), padding included
     scored: int = 0  # positions projected to the vocabulary, padding included
-    # (rows, length, scored positions, scored targets) per batch
-    shapes: set[tuple[int, int, int, int]] = field(default_factory=set)
+    head_calls: int = 0
+    shapes: set[tuple[int, int]] = field(default_factory=set)  # (rows, length) of the batches
+    head_widths: set[int] = field(default_factory=set)  # scored positions per group of the head's calls
 
 
 def bucket_lengths(max_length: int, min_bucket: int = 16) -> list[int]:
@@ -73,14 +82,6 @@ def bucket_lengths(max_length: int, min_bucket: int = 16) -> list[int]:
         buckets.append(length)
         length *= 2
     return buckets + [max_length]
-
-
-def scored_width(n: int, cap: int) -> int:
-    """`n` rounded up to a multiple of an eighth of the power of two above it (1, 2, ..., 8, 10, 12, ...,
-    16, 20, ..., 32, 40, ...), at most `cap`: eight widths per octave to compile, and at most an eighth of
-    the LM head's work spent on padding positions."""
-    step = max(1, (1 << max(n - 1, 0).bit_length()) // 8)
-    return min(cap, -(-n // step) * step)
 
 
 @dataclass
@@ -126,32 +127,41 @@ class _Row:
         self.scored += tree.scored
 
 
-def build_trees(requests: Sequence[tuple[Tokens, Tokens]], max_length: int) -> list[_Tree]:
-    """Prefix trees of at most `max_length` slots and scored positions over the requests' model inputs
-    (after lm-eval's left truncation); requests whose truncated contexts coincide share a tree."""
-    trees: dict[tuple[int, ...], list[_Tree]] = {}
+def build_trees(
+    requests: Sequence[tuple[Tokens, Tokens]], max_length: int, tree_length: int | None = None
+) -> list[_Tree]:
+    """Prefix trees over the requests' model inputs (after lm-eval's left truncation); requests whose
+    truncated contexts coincide share a tree. A tree holds at most `tree_length` (default `max_length`) slots
+    and scored positions while its requests each fit in that many, else at most `max_length`: answer choices
+    too long to share one packed row then make several trees (repeating a short context) rather than need
+    rows of a longer bucket, i.e. another compiled program."""
+    short = tree_length or max_length
+    trees: dict[tuple[tuple[int, ...], int], list[_Tree]] = {}
     for i, (ctx, cont) in enumerate(requests):
         inputs, _ = model_input(ctx, cont, max_length)
         split = len(inputs) - len(cont) + 1  # the prefix ends with the token that predicts cont[0]
         branch = _Branch(i, inputs[split:], list(cont))
-        same_prefix = trees.setdefault(tuple(inputs[:split]), [])
-        if not same_prefix or not same_prefix[-1].fits(branch, max_length):
+        limit = short if max(len(inputs), len(cont)) <= short else max_length
+        same_prefix = trees.setdefault((tuple(inputs[:split]), limit), [])
+        if not same_prefix or not same_prefix[-1].fits(branch, limit):
             same_prefix.append(_Tree(inputs[:split], length=split))
         same_prefix[-1].add(branch)
     return [tree for group in trees.values() for tree in group]
 
 
+def _group_features(features_fn: FeaturesFn, groups: int, params: Any, rows: Rows) -> jax.Array:
+    """The model body: final features of a batch's rows, [groups, rows per group * length, d_model] (each
+    data-parallel group's rows flattened, so the head gathers within the device holding them)."""
+    features = features_fn(params, rows)
+    return features.reshape(groups, -1, features.shape[-1])
+
+
 def _score_positions(
-    features_fn: FeaturesFn,
-    params: Any,
-    head: LMHead,
-    rows: Rows,
-    positions: jax.Array,
-    slot_of: jax.Array,
-    targets: jax.Array,
+    head: LMHead, features: jax.Array, positions: jax.Array, slot_of: jax.Array, targets: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Per scored target ([groups, entries]; `slot_of` indexes `positions`, [groups, width] flat slots into
-    each group's rows, see `BatchScorer._launch`): log P(target) and whether its logit is the maximum.
+    """The LM head on some scored positions of a batch: per target ([groups, entries]; `slot_of` indexes
+    `positions`, [groups, width] flat slots into each group's features), log P(target) and whether its
+    logit is the maximum.
 
     The LM head runs over consecutive slices of the output embedding, each reduced at once to its max and
     sum of exp, so no [positions, vocab] logits are ever written to memory (with a 50k vocabulary, reading
@@ -160,9 +170,6 @@ def _score_positions(
     so a target within `GREEDY_RTOL` of the maximum counts as greedy: closer ties than that are below what
     two implementations of the same model agree on anyway.
     """
-    features = features_fn(params, rows)
-    groups = positions.shape[0]
-    features = features.reshape(groups, -1, features.shape[-1])  # each group's rows, flattened
     features = jnp.take_along_axis(features, positions[..., None], axis=1)  # [groups, width, d_model]
     maxes, exp_sums = [], []
     for embedding in head.slices:
@@ -181,11 +188,49 @@ def _score_positions(
     return target - log_normalizer, target >= best - GREEDY_RTOL * jnp.maximum(1.0, jnp.abs(best))
 
 
+# One jitted body per (features function, groups, output sharding) and one head per output sharding, so
+# scorers built again for the same model (e.g. at every in-training evaluation) reuse compiled programs.
 @functools.lru_cache(maxsize=16)
-def _jitted(features_fn: FeaturesFn, out_shardings: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """One jitted scorer per (features function, output sharding), so scorers built again for the same model
-    (e.g. at every in-training evaluation) reuse the programs already compiled."""
-    return jax.jit(partial(_score_positions, features_fn), out_shardings=out_shardings)
+def _jitted_body(features_fn: FeaturesFn, groups: int, out_shardings: Any) -> Callable[..., jax.Array]:
+    return jax.jit(partial(_group_features, features_fn, groups), out_shardings=out_shardings)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_head(out_shardings: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    return jax.jit(_score_positions, out_shardings=out_shardings)
+
+
+def head_calls(
+    entries: Sequence[Sequence[tuple[int, int, int]]], widths: Sequence[int]
+) -> list[tuple[int, list[list[int]], list[list[tuple[int, int, int]]]]]:
+    """Split each group's scored targets — (flat slot of the position predicting it, target, owner), in
+    order — into head calls: [(width, per group the positions of the call, per group its targets)].
+
+    Every call has one of `widths` (descending) for all groups: the largest while a group has at least that
+    many positions left, then the smallest that holds the rest. A call holds at most `width` positions and
+    TARGETS_PER_POSITION * width targets per group; a position shared by targets on both sides of a call
+    boundary goes through the head in both calls.
+    """
+    start = [0] * len(entries)
+    calls = []
+    while any(s < len(group) for s, group in zip(start, entries)):
+        need = max(len({slot for slot, _, _ in group[s:]}) for s, group in zip(start, entries))
+        width = widths[0] if need >= widths[0] else min(w for w in widths if w >= need)
+        positions, targets = [], []
+        for g, group in enumerate(entries):
+            slots: dict[int, int] = {}
+            i = start[g]
+            while i < len(group) and i - start[g] < TARGETS_PER_POSITION * width:
+                if group[i][0] not in slots:
+                    if len(slots) == width:
+                        break
+                    slots[group[i][0]] = len(slots)
+                i += 1
+            positions.append(list(slots))
+            targets.append(list(group[start[g] : i]))
+            start[g] = i
+        calls.append((width, positions, targets))
+    return calls
 
 
 class BatchScorer:
@@ -223,7 +268,7 @@ class BatchScorer:
         self.stats = ScoreStats()
         self._batch_sharding: NamedSharding | None = None
         self._data_parallel = 1
-        out_shardings = None
+        out_shardings = body_shardings = None
         if mesh is not None:
             if AxisType.Explicit in mesh.axis_types:
                 raise ValueError(
@@ -247,13 +292,15 @@ class BatchScorer:
             replicated = NamedSharding(mesh, PartitionSpec())
             params = jax.device_put(params, param_shardings if param_shardings is not None else replicated)
             out_shardings = (replicated, replicated)
+            body_shardings = self._batch_sharding
         self.params = params
         vocab = output_embedding.shape[0]
         bounds = np.linspace(0, vocab, -(-vocab // vocab_slice) + 1).astype(int)  # near-equal slices
         self.head = LMHead(output_embedding, tuple(output_embedding[a:b] for a, b in zip(bounds[:-1], bounds[1:])))
         if mesh is not None:
             self.head = jax.device_put(self.head, replicated)
-        self._score = _jitted(features_fn, out_shardings)
+        self._body = _jitted_body(features_fn, self._data_parallel, body_shardings)
+        self._head = _jitted_head(out_shardings)
 
     def rows_per_batch(self, length: int) -> int:
         """As many rows as fit in `batch_tokens`, a multiple of the data-parallel size."""
@@ -268,13 +315,13 @@ class BatchScorer:
         unique = list(dict.fromkeys(keys))
         self.stats.requests += len(keys)
         self.stats.unique += len(unique)
-        trees = build_trees(unique, self.max_length)
+        trees = build_trees(unique, self.max_length, self.min_row_length)
         self.stats.trees += len(trees)
         launched = []  # every batch is dispatched before any result is read, so host and device overlap
         for length, rows in self._pack(trees).items():
             n_rows = self.rows_per_batch(length)
             for start in range(0, len(rows), n_rows):
-                launched.append(self._launch(rows[start : start + n_rows], n_rows, length))
+                launched += self._launch(rows[start : start + n_rows], n_rows, length)
         logprobs, greedy = np.zeros(len(unique)), np.ones(len(unique), bool)
         for owner, (logprob, is_greedy) in launched:
             scored = owner >= 0
@@ -297,28 +344,21 @@ class BatchScorer:
             row.add(tree)
         return rows
 
-    def _launch(self, rows: list[_Row], n_rows: int, length: int) -> tuple[np.ndarray, tuple[jax.Array, jax.Array]]:
-        """Dispatch one batch of packed rows: the unique request each scored target belongs to (-1 for
-        padding), and the (not yet computed) per-target log-probabilities and greedy flags.
+    def _launch(
+        self, rows: list[_Row], n_rows: int, length: int
+    ) -> list[tuple[np.ndarray, tuple[jax.Array, jax.Array]]]:
+        """Dispatch one batch of packed rows: the model body once, then the LM head in `head_calls`. For each
+        head call, the unique request each scored target belongs to (-1 for padding), and the (not yet
+        computed) per-target log-probabilities and greedy flags.
 
         Scored positions are listed per group of rows, one group per data-parallel shard, as flat indices
-        into the group's rows: the gather stays on the device holding those rows, and the width (the
-        largest group's count, rounded by `scored_width`) wastes little however unevenly rows are filled.
-        A tree's last prefix slot predicts the first token of every branch but goes through the head once.
+        into the group's rows, so the gather stays on the device holding those rows. A tree's last prefix
+        slot predicts the first token of every branch but goes through the head once (per call).
         """
         groups = self._data_parallel
         group_rows = n_rows // groups
-        members = [
-            [tree for row in rows[g * group_rows : (g + 1) * group_rows] for tree in row.trees] for g in range(groups)
-        ]
-        cap = group_rows * length
-        width = scored_width(max(sum(t.positions for t in trees) for trees in members), cap)
-        entries = scored_width(max(sum(t.scored for t in trees) for trees in members), cap)
         arrays = Rows(*(np.zeros((n_rows, length), np.int32) for _ in Rows._fields))
-        at = np.zeros((groups, width), np.int32)  # flat slot within the group's rows, once per slot
-        slot_of, targets = np.zeros((groups, entries), np.int32), np.zeros((groups, entries), np.int32)
-        owner = np.full((groups, entries), -1)  # the unique request each scored target belongs to
-        n_at, n_entries = [0] * groups, [0] * groups
+        entries: list[list[tuple[int, int, int]]] = [[] for _ in range(groups)]  # (slot, target, owner)
         for r, row in enumerate(rows):
             g, slot = r // group_rows, 0
             base = (r % group_rows) * length  # the row's first flat index within its group
@@ -327,9 +367,7 @@ class BatchScorer:
                 arrays.tokens[r, slot:prefix_end] = tree.prefix
                 arrays.positions[r, slot:prefix_end] = np.arange(len(tree.prefix))
                 arrays.segment_ids[r, slot:prefix_end] = segment
-                last_prefix = n_at[g]
-                at[g, last_prefix] = base + prefix_end - 1
-                n_at[g] += 1
+                last_prefix = base + prefix_end - 1
                 slot = prefix_end
                 for branch_id, branch in enumerate(tree.branches, start=1):
                     end = slot + len(branch.tokens)
@@ -337,21 +375,33 @@ class BatchScorer:
                     arrays.positions[r, slot:end] = np.arange(len(tree.prefix), len(tree.prefix) + len(branch.tokens))
                     arrays.segment_ids[r, slot:end] = segment
                     arrays.branch_ids[r, slot:end] = branch_id
-                    a, e, n = n_at[g], n_entries[g], len(branch.targets)
-                    at[g, a : a + n - 1] = base + np.arange(slot, end)
-                    slot_of[g, e : e + n] = [last_prefix, *range(a, a + n - 1)]
-                    targets[g, e : e + n] = branch.targets
-                    owner[g, e : e + n] = branch.request
-                    slot, n_at[g], n_entries[g] = end, a + n - 1, e + n
-        outputs = self._score(
-            self.params, self.head, Rows(*map(self._place, arrays)), *map(self._place, (at, slot_of, targets))
-        )
+                    predictors = [last_prefix, *range(base + slot, base + end)]
+                    entries[g] += [(at, target, branch.request) for at, target in zip(predictors, branch.targets)]
+                    slot = end
+        features = self._body(self.params, Rows(*map(self._place, arrays)))
+        slots = group_rows * length
+        widths = sorted({min(w, slots) for w in HEAD_WIDTHS}, reverse=True)
+        launched = []
+        for width, positions, targets in head_calls(entries, widths):
+            at = np.zeros((groups, width), np.int32)
+            slot_of, target_ids = (np.zeros((groups, TARGETS_PER_POSITION * width), np.int32) for _ in range(2))
+            owner = np.full((groups, TARGETS_PER_POSITION * width), -1)
+            for g in range(groups):
+                at[g, : len(positions[g])] = positions[g]
+                index = {position: i for i, position in enumerate(positions[g])}
+                n = len(targets[g])
+                slot_of[g, :n] = [index[position] for position, _, _ in targets[g]]
+                target_ids[g, :n] = [target for _, target, _ in targets[g]]
+                owner[g, :n] = [request for _, _, request in targets[g]]
+            launched.append((owner, self._head(self.head, features, *map(self._place, (at, slot_of, target_ids)))))
+            self.stats.head_calls += 1
+            self.stats.scored += groups * width
+            self.stats.head_widths.add(width)
         self.stats.rows += n_rows
         self.stats.batches += 1
         self.stats.positions += n_rows * length
-        self.stats.scored += groups * width
-        self.stats.shapes.add((n_rows, length, width, entries))
-        return owner, outputs
+        self.stats.shapes.add((n_rows, length))
+        return launched
 
     def _place(self, array: np.ndarray) -> jax.Array | np.ndarray:
         """Shard the batch; every process holds the whole host array, so each fills its own shards."""

@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from eval import templates
-from eval.data import DETOKENIZERS, default_benchmark_dir, default_corpus_dir, read_corpus, read_jsonl
+from eval.data import (
+    DETOKENIZERS,
+    DOC_PROCESSORS,
+    Documents,
+    default_benchmark_dir,
+    default_corpus_dir,
+    read_corpus,
+    read_jsonl,
+)
 from eval.fewshot import Doc, qa_turn
-from eval.registry import TaskError, TaskSpec, get_spec
+from eval.registry import FEWSHOT_EXCLUSIONS, TaskError, TaskSpec, get_spec
 from eval.requests import GenerationRequest
 
 
@@ -38,9 +46,13 @@ class Task:
         benchmark_dir: str | Path | None = None,
         corpus_dir: str | Path | None = None,
         description: str | None = None,
+        fewshot_exclusion: str | None = None,
     ) -> None:
         self.spec = get_spec(spec)
         self.name = self.spec.task
+        self.fewshot_exclusion = fewshot_exclusion or self.spec.fewshot_exclusion
+        if self.fewshot_exclusion not in FEWSHOT_EXCLUSIONS:
+            raise TaskError(f"fewshot_exclusion {self.fewshot_exclusion!r} is not one of {list(FEWSHOT_EXCLUSIONS)}")
         self.benchmark_dir = Path(benchmark_dir) if benchmark_dir is not None else default_benchmark_dir()
         self.corpus_dir = Path(corpus_dir) if corpus_dir is not None else default_corpus_dir()
         self.description = self.spec.description if description is None else description
@@ -59,8 +71,18 @@ class Task:
         return self.benchmark_dir / (self.spec.dataset or self.name) / f"{split}.jsonl"
 
     def docs(self, split: str) -> list[Doc]:
+        """A split's documents, through the task's `process_docs` if it has one (as lm-eval, for every split)."""
         if split not in self._docs:
-            self._docs[split] = read_jsonl(self.split_path(split))
+            docs = read_jsonl(self.split_path(split))
+            process = self.spec.process_docs
+            if process is not None:
+                process = DOC_PROCESSORS[process] if isinstance(process, str) else process
+                try:
+                    docs = [dict(doc) for doc in process(Documents(docs))]
+                except (KeyError, TypeError, ValueError, AttributeError) as err:
+                    where = f"task {self.name}: process_docs failed on {self.split_path(split)}"
+                    raise TaskError(f"{where}: {type(err).__name__}: {err}") from None
+            self._docs[split] = docs
         return self._docs[split]
 
     @property
@@ -103,11 +125,13 @@ class Task:
 
     @property
     def excludes_eval_doc(self) -> bool:
-        """Whether the sampler must skip the scored document. lm-eval does so iff the configured
-        fewshot_split equals the configured test_split (which includes "both unset"); we also do whenever
-        examples are drawn from the scored split, so a document never sees itself."""
+        """Whether the sampler must skip the scored document. lm-eval 0.4 does so iff the configured
+        fewshot_split equals the configured test_split (which includes "both unset"); gptjax's default rule
+        ("scored_split") also does whenever examples are drawn from the scored split, so a document never sees
+        itself; `fewshot_exclusion: lm_eval` applies lm-eval's rule alone, to reproduce its examples."""
         spec = self.spec
-        return spec.fewshot_split == spec.test_split or self.fewshot_split == self.eval_split
+        lm_eval = spec.fewshot_split == spec.test_split
+        return lm_eval if self.fewshot_exclusion == "lm_eval" else lm_eval or self.fewshot_split == self.eval_split
 
     def fewshot_docs(self) -> list[Doc]:
         return self.docs(self.fewshot_split)
@@ -210,3 +234,14 @@ class Task:
             [(spec.calibration_context, delimiter + c) for c in choices] if spec.calibration_context is not None else []
         )
         return Instance(**common, requests=[(contexts[0], delimiter + c) for c in choices], calibration=calibration)
+
+    def shown_text(self, instance: Instance) -> str:
+        """What the model sees for `instance`, with the correct answer where the request holds one (a
+        generation prompt is only its context)."""
+        if instance.text is not None:
+            return instance.text
+        if instance.generation is not None:
+            return instance.generation.context
+        if self.spec.output_type == "multiple_choice":
+            return "".join(instance.requests[self.gold_index(instance.doc)])
+        return "".join(instance.requests[0])

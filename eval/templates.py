@@ -5,6 +5,7 @@ character for character: a template that is exactly a field name returns that fi
 otherwise it is rendered with Jinja (undefined fields are errors, trailing newlines kept); a rendered text
 or target that is all digits becomes an int when the task has choices (an index); a rendered target that
 looks like a list is parsed as a Python literal; a rendered choice list is always parsed as a literal.
+A function (a task YAML's `!function`) is called on the document and its result used as is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -50,7 +52,9 @@ def _literal(text: str, template: str) -> Any:
         raise TemplateError(f"template {template!r} rendered {text[:200]!r}, which is not a Python literal") from None
 
 
-def doc_to_text(template: str | int, doc: dict[str, Any], has_choices: bool) -> str | int:
+def doc_to_text(template: str | int | Callable, doc: dict[str, Any], has_choices: bool) -> str | int:
+    if callable(template):
+        return template(doc)
     if isinstance(template, int):
         return template
     if template in doc:
@@ -59,7 +63,9 @@ def doc_to_text(template: str | int, doc: dict[str, Any], has_choices: bool) -> 
     return ast.literal_eval(text) if text.isdigit() and has_choices else text
 
 
-def doc_to_target(template: str | int | list, doc: dict[str, Any], has_choices: bool) -> int | str | list:
+def doc_to_target(template: str | int | list | Callable, doc: dict[str, Any], has_choices: bool) -> int | str | list:
+    if callable(template):
+        return template(doc)
     if isinstance(template, (int, list)):
         return template
     if template in doc:
@@ -75,7 +81,9 @@ def doc_to_target(template: str | int | list, doc: dict[str, Any], has_choices: 
     return text
 
 
-def doc_to_choice(template: str | list | dict, doc: dict[str, Any]) -> list[str]:
+def doc_to_choice(template: str | list | dict | Callable, doc: dict[str, Any]) -> list[str]:
+    if callable(template):
+        return list(template(doc))
     if isinstance(template, list):
         return template
     if isinstance(template, dict):

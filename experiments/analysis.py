@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from experiments import fits
 from experiments.registry import read_run
 from gptjax.reporting import pm
+from gptjax.rundir import PathLike, as_path
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class Curve:
     eval_loss: np.ndarray
 
 
-def load_curves(sweep_dir: Path, records: Sequence[dict[str, Any]]) -> list[Curve]:
+def load_curves(sweep_dir: PathLike, records: Sequence[dict[str, Any]]) -> list[Curve]:
     curves = []
     for record in records:
-        _, metrics = read_run(Path(sweep_dir) / record["run_dir"])
+        _, metrics = read_run(as_path(sweep_dir) / record["run_dir"])
         per_step = record["tokens_per_step"]
         train = [(r["step"] * per_step, r["loss"]) for r in metrics if "loss" in r]
         held_out = [(r["step"] * per_step, r["eval_loss"]) for r in metrics if "eval_loss" in r]

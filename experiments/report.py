@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
+from eval.icl.report import icl_section
 from eval.report import build_report
 from experiments.analysis import LawFit, fit_laws, load_curves
 from experiments.plots import draw_plots
@@ -21,7 +24,7 @@ from experiments.sweep import load_sweep
 from gptjax.errors import InputNotFoundError
 from gptjax.model import FLOPS_CONVENTION
 from gptjax.reporting import Block, Code, Figure, Heading, Link, Table, Text, human, write_report
-from gptjax.rundir import SweepDir
+from gptjax.rundir import PathLike, RunDir, SweepDir, as_path, staged_dir
 
 # ---------------------------------------------------------------------------------------------------------
 # Sections.
@@ -125,7 +128,7 @@ _CAPTIONS = {
 }
 
 
-def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir: Path) -> list[Block]:
+def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: epath.Path, out_dir: Path) -> list[Block]:
     paths = [sweep_dir / r["eval_results"] for r in records if r["eval_results"]]
     if not paths:
         return []
@@ -156,17 +159,42 @@ def _fewshot_section(records: Sequence[dict[str, Any]], sweep_dir: Path, out_dir
     return blocks
 
 
-def build_sweep_report(sweep_dir: str | Path, *, n_boot: int = 200) -> dict[str, Path]:
+def _icl_section(records: Sequence[dict[str, Any]], sweep_dir: epath.Path, out_dir: Path) -> list[Block]:
+    """Runs trained with ICL probes (`icl` section): their curves over training (eval/icl/report.py), and
+    eval/report.py's report of each run's last probe results in `report/icl/` (against K and size)."""
+    run_dirs = [sweep_dir / r["run_dir"] for r in records]
+    blocks = icl_section(run_dirs, out_dir / "plots", [r["name"] for r in records])
+    finals = [files[-1] for d in run_dirs if (files := RunDir(d).icl_results_files())]
+    if finals:
+        build_report(finals, out_dir / "icl")
+        blocks.append(
+            Link(
+                "ICL probe report (accuracy against K per size, scores against size)",
+                "icl/report.md",
+                "icl/report.html",
+            )
+        )
+    return blocks
+
+
+def build_sweep_report(sweep_dir: PathLike, *, n_boot: int = 200) -> dict[str, epath.Path]:
     """Rebuild the registry, refit, redraw, and write `<sweep_dir>/report/`. Returns the written files by
     their path relative to the report directory ("report.md", "report.html", "plots/<name>.png", ...)."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = as_path(sweep_dir)
     layout = SweepDir(sweep_dir)
     if not finished_run_dirs(sweep_dir):
         raise InputNotFoundError(
             f"{sweep_dir} holds no finished runs (looked for {layout.runs_dir}/*/DONE): nothing to report"
         )
     records = rebuild_registry(sweep_dir)
-    out_dir = Path(layout.report_dir)
+    with staged_dir(layout.report_dir) as out_dir:  # written locally, then uploaded when on gs://
+        written = _write_files(sweep_dir, layout, records, out_dir, n_boot)
+    return {name: layout.report_dir / name for name in written}
+
+
+def _write_files(
+    sweep_dir: epath.Path, layout: SweepDir, records: list[dict[str, Any]], out_dir: Path, n_boot: int
+) -> dict[str, Path]:
     laws = fit_laws(records, n_boot=n_boot)
     plots = draw_plots(records, load_curves(sweep_dir, records), laws, out_dir / "plots")
 
@@ -196,13 +224,13 @@ def build_sweep_report(sweep_dir: str | Path, *, n_boot: int = 200) -> dict[str,
     blocks += _laws_section(laws, n_boot)
     blocks += [Heading(2, "Plots"), *(Figure(png, _CAPTIONS[name]) for name, png in plots.items())]
     blocks += _fewshot_section(records, sweep_dir, out_dir)
+    blocks += _icl_section(records, sweep_dir, out_dir)
     if sweep:
         blocks += [Heading(2, "Sweep file"), Code(sweep.text, language="toml")]
 
     written = write_report(blocks, out_dir, title)
-    fewshot = out_dir / "fewshot"
-    if any(r["eval_results"] for r in records):
-        written |= {p.relative_to(out_dir).as_posix(): p for p in fewshot.rglob("*") if p.is_file()}
+    for sub in ("fewshot", "icl"):  # the eval reports written beside this one
+        written |= {p.relative_to(out_dir).as_posix(): p for p in (out_dir / sub).rglob("*") if p.is_file()}
     return written
 
 

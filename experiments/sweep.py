@@ -34,6 +34,7 @@ from typing import Any
 
 from gptjax.config import ConfigError, RunConfig, apply_table, flatten, get_preset
 from gptjax.errors import GptjaxError, InputNotFoundError
+from gptjax.rundir import PathLike, as_path
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sweeps"
 _TOP_KEYS = {"name", "description", "base", "axes"}
@@ -132,9 +133,9 @@ def _tokens_label(tokens: int) -> str:
     return str(tokens)
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Parse and check a sweep file (see the module docstring for its format)."""
-    path = Path(path)
+def load_sweep(path: PathLike) -> Sweep:
+    """Parse and check a sweep file, local or gs:// (see the module docstring for its format)."""
+    path = as_path(path)
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)

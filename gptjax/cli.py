@@ -10,7 +10,10 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import importlib.util
+import os
 import sys
 
 from gptjax.errors import GptjaxError
@@ -18,8 +21,16 @@ from gptjax.errors import GptjaxError
 DEFAULT_PRESET = "tiny-200k"
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `gptjax.sharding.maybe_initialize_distributed`, shared by train and sweep."""
+    parser.add_argument("--coordinator", help="host:port of process 0 for multi-process runs")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+
+
 def _train(args: argparse.Namespace) -> int:
     from eval.hook import add_fewshot_hook
+    from eval.icl.hook import add_icl_hook
     from gptjax import config, sharding
     from gptjax.hooks import add_standard_hooks
     from gptjax.train import Trainer
@@ -27,10 +38,31 @@ def _train(args: argparse.Namespace) -> int:
     sharding.maybe_initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     run = config.RunConfig(model=config.get_preset(args.preset), run_dir=args.run_dir)
     run = config.override(run, args.overrides)
+    if args.dry_run:
+        from gptjax import plan
+
+        print(plan.report(plan.plan_local(run), args.json))
+        return 0
     trainer = Trainer(run)
     trainer.restore_or_init()
-    add_fewshot_hook(trainer, add_standard_hooks(trainer))
+    logger = add_standard_hooks(trainer)
+    add_fewshot_hook(trainer, logger)
+    add_icl_hook(trainer, logger)
     trainer.train()
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from gptjax import config, plan, tpu
+
+    run = config.override(config.RunConfig(model=config.get_preset(args.preset)), args.overrides)
+    if args.batch_per_chip or not any(o.split("=")[0].strip() == "batch_size" for o in args.overrides):
+        per_chip = args.batch_per_chip or 1
+        run = config.override(run, [f"batch_size={per_chip * tpu.slice_type(args.tpu).chips}"])
+    result = plan.plan_slice(
+        run, args.tpu, search=not args.no_search, max_per_chip=args.max_batch_per_chip, flops=not args.no_flops
+    )
+    print(plan.report(result, args.json))
     return 0
 
 
@@ -80,9 +112,24 @@ def _hf_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_tasks(tasks: list[str], benchmark_dir: str | None, corpus_dir: str | None) -> list:
+    from eval.contamination import task_texts  # eval (and JAX with it) only for `data decontaminate`
+
+    return task_texts(tasks, benchmark_dir, corpus_dir)
+
+
+def data_command(argv: list[str]) -> int:
+    """`gptjax data ...` (gptjax.prep.cli), given eval's rendering of tasks for `decontaminate`."""
+    from gptjax.prep.cli import data_command as run
+
+    return run(argv, render_tasks=_render_tasks)
+
+
 # Commands implemented in their own modules, which parse their own arguments: (module, function, help).
 FORWARDED = {
+    "data": ("gptjax.cli", "data_command", "prepare corpora: quality filter, dedup, decontaminate, stats"),
     "eval": ("eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
+    "icl": ("eval.icl.runs", "icl_command", "in-context-learning probes of a checkpoint: K-shot, induction heads"),
     "report": ("eval.report", "report_command", "Markdown + HTML report from results JSON files"),
     "tokenizer": ("gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
     "sweep": ("experiments.cli", "sweep_command", "run a model-size/tokens sweep, fit scaling laws, report"),
@@ -96,11 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (resumes automatically in an existing run_dir)")
     train.add_argument("--preset", default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
     train.add_argument("--run-dir", default="runs/default")
-    train.add_argument("--coordinator", help="host:port of process 0 for multi-process runs")
-    train.add_argument("--num-processes", type=int)
-    train.add_argument("--process-id", type=int)
+    add_distributed_arguments(train)
+    train.add_argument("--dry-run", action="store_true", help="compile the step on these devices and report memory")
+    train.add_argument("--json", action="store_true", help="with --dry-run: the report as JSON")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. steps=500 model.n_layer=4 mesh.data=2")
     train.set_defaults(func=_train)
+
+    plan = sub.add_parser("plan", help="compile the train step for a TPU slice on this machine: memory, fit, batch")
+    plan.add_argument("--preset", default=DEFAULT_PRESET, help=f"model preset (default {DEFAULT_PRESET})")
+    plan.add_argument("--tpu", required=True, help="slice type, e.g. v5e-16, v4-64, v5p-128")
+    plan.add_argument("--batch-per-chip", type=int, help="sequences per chip (default: batch_size, else 1)")
+    plan.add_argument("--max-batch-per-chip", type=int, default=64, help="cap of the largest-batch search")
+    plan.add_argument("--no-search", action="store_true", help="skip the largest-batch search")
+    plan.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting compiles")
+    plan.add_argument("--json", action="store_true", help="the report as JSON")
+    plan.add_argument("overrides", nargs="*", help="key=value, e.g. model.remat=full model.scan_layers=true")
+    plan.set_defaults(func=_plan)
 
     gen = sub.add_parser("generate", help="generate text from a run's latest checkpoint")
     gen.add_argument("--run-dir", required=True)
@@ -134,8 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Device files of TPU chips (v4/v5p: accel, v5e/v6e: vfio) and NVIDIA GPUs.
+ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*")
+
+
+def default_jax_platforms(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """With libtpu installed (the `tpu` and `test` extras), JAX probes for TPU chips at start-up and, on a
+    machine without any, libtpu prints alarming lines (TPU_WORKER_HOSTNAMES, "could not determine TPU
+    accelerator type"). Where no accelerator device file exists and nobody chose a platform, JAX is pointed
+    at the CPU before it is imported. A TPU VM keeps JAX's own choice (tpu_scripts set JAX_PLATFORMS=tpu)."""
+    if "JAX_PLATFORMS" in environ or importlib.util.find_spec("libtpu") is None:
+        return
+    if not any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES):
+        environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    default_jax_platforms()
     if argv and argv[0] in FORWARDED:
         module, function, _ = FORWARDED[argv[0]]
         command = lambda: getattr(importlib.import_module(module), function)(argv[1:])  # noqa: E731

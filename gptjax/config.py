@@ -25,6 +25,17 @@ AttentionKind = Literal["dense", "banded"]
 # replication of the GPT-3 alternating pattern) and keep it a config field.
 GPT3_BAND_WIDTH = 256
 
+# Rematerialisation policies (gptjax.model.REMAT_POLICIES maps each to a jax.checkpoint policy).
+RematPolicy = Literal[
+    "none", "full", "minimal", "minimal_with_context", "dots_saveable", "save_qkv_proj", "save_dot_except_mlp"
+]
+AttentionImpl = Literal["auto", "xla", "splash", "cudnn"]
+
+
+def resumable(default: Any) -> Any:
+    """A config field a restarted run may change without invalidating its checkpoints."""
+    return field(default=default, metadata={"resumable": True})
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -61,6 +72,18 @@ class ModelConfig:
     resid_dropout: float = 0.0
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; logits and loss are always fp32
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    # How the same math is computed (memory and speed only, so a resumed run may change them): which
+    # activations each block keeps for the backward pass (gptjax.model.REMAT_POLICIES), the attention kernel
+    # (auto = Pallas splash on TPU, cuDNN on GPU, XLA einsums elsewhere and for decoding), and the number of
+    # positions of each row whose LM head and loss are computed at once in training (0 = all: full fp32
+    # logits [batch, length, vocab]; a divisor of the sequence length bounds them to [batch, loss_chunk, vocab]).
+    remat: RematPolicy = resumable("none")
+    attention_impl: AttentionImpl = resumable("auto")
+    loss_chunk: int = resumable(0)
+    # Stack each period of attention_pattern's blocks and scan over the periods: compile time stops growing
+    # with depth. This is a different parameter layout (gptjax.model.stack_layers converts), so not resumable.
+    scan_layers: bool = False
+    mlp: bool = True  # False: attention-only blocks (no MLP, no second LayerNorm), as in Olsson et al. 2022
     # Published training hyper-parameters, recorded for reference (GPT-3 Table 2.1); 0 = unpublished.
     paper_batch_tokens: int = 0
     paper_learning_rate: float = 0.0
@@ -92,6 +115,23 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"model.norm must be 'pre' or 'post', got {self.norm!r}")
+        for name, choices in (("remat", RematPolicy), ("attention_impl", AttentionImpl)):
+            if getattr(self, name) not in typing.get_args(choices):
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)!r} is not one of {list(typing.get_args(choices))}"
+                )
+        if self.loss_chunk < 0:
+            raise ConfigError(f"model.loss_chunk must be >= 0 (0 = unchunked), got {self.loss_chunk}")
+        if self.scan_layers and self.n_layer % len(self.attention_pattern):
+            raise ConfigError(
+                f"model.scan_layers scans over periods of model.attention_pattern={self.attention_pattern}; "
+                f"model.n_layer={self.n_layer} is not a multiple of its length {len(self.attention_pattern)}"
+            )
+        if self.attention_impl in ("splash", "cudnn") and self.attn_dropout > 0:
+            raise ConfigError(
+                f"model.attention_impl={self.attention_impl!r} has no attention dropout but "
+                f"model.attn_dropout={self.attn_dropout}; use attention_impl=xla or auto"
+            )
 
     def derived(self) -> dict[str, int]:
         """The values `d_head` and `d_ff` take when left at 0 (d_head only where n_head divides d_model)."""
@@ -173,12 +213,15 @@ _PRESET_LIST = [
     _gpt2("gpt2-large", 36, 1280, 20),
     _gpt2("gpt2-xl", 48, 1600, 25),
     # GPT-3 paper, Table 2.1: n_layer, d_model, n_heads, d_head, batch size (tokens), learning rate.
-    # Taken literally: XL's 24 x 128 attention width (3072 != d_model 2048) gives 1.52B parameters, not the
-    # quoted 1.3B, and 13B's 40 x 128 = 5120 != 5140; d_head is a separate field so both are representable.
+    # XL is the one row that contradicts the paper's own size: 24 heads x d_head 128 = 3072 != d_model 2048
+    # gives 1.52B parameters, not the quoted 1.3B. gpt3-xl is the 1.3B model (16 x 128 = d_model, as GPT-Neo
+    # 1.3B, the public replication, has it); gpt3-xl-table keeps the literal reading. 13B's 40 x 128 = 5120 !=
+    # 5140 does give its quoted size, so it stays as printed; d_head is its own field for both.
     _gpt3("gpt3-small", 12, 768, 12, 64, 500_000, 6.0e-4),
     _gpt3("gpt3-medium", 24, 1024, 16, 64, 500_000, 3.0e-4),
     _gpt3("gpt3-large", 24, 1536, 16, 96, 500_000, 2.5e-4),
-    _gpt3("gpt3-xl", 24, 2048, 24, 128, 1_000_000, 2.0e-4),
+    _gpt3("gpt3-xl", 24, 2048, 16, 128, 1_000_000, 2.0e-4),
+    _gpt3("gpt3-xl-table", 24, 2048, 24, 128, 1_000_000, 2.0e-4),
     _gpt3("gpt3-2.7b", 32, 2560, 32, 80, 1_000_000, 1.6e-4),
     _gpt3("gpt3-6.7b", 32, 4096, 32, 128, 2_000_000, 1.2e-4),
     _gpt3("gpt3-13b", 40, 5140, 40, 128, 2_000_000, 1.0e-4),
@@ -233,7 +276,7 @@ class OptimConfig:
 class DataConfig:
     """Which registered seqio Task/Mixture to train on, with which vocabulary."""
 
-    task: str = "tinyshakespeare"  # a name from gptjax.data (task or mixture)
+    task: str = "tinyshakespeare"  # a gptjax.data task or mixture, a prepared corpus path, or "a:3,b:1" (tasks.resolve)
     vocab: str = "byte"  # a spec for gptjax.tokenizers.get_vocabulary
     seed: int = 0
     cache_dir: str = ""  # tokenised-and-packed arrays; "" = <run_dir>/../.data_cache
@@ -246,20 +289,18 @@ def _positive(cfg: Any, section: str, *names: str) -> None:
             raise ConfigError(f"{section + '.' if section else ''}{name} must be positive, got {getattr(cfg, name)}")
 
 
-def resumable(default: Any) -> Any:
-    """A RunConfig field a restarted run may change without invalidating its checkpoints."""
-    return field(default=default, metadata={"resumable": True})
-
-
 @dataclass(frozen=True)
 class LoggingConfig:
-    """Training metrics: how often they are logged, and the peak FLOP/s MFU is measured against."""
+    """Training metrics: how often they are logged, the peak FLOP/s MFU is measured against, how often a
+    gs:// metrics file is uploaded, and how often the run's heartbeat is rewritten."""
 
     every: int = 10
     peak_flops_per_device: float = 0.0  # 0 = from the device table, or measured on CPU
+    flush_seconds: float = 60.0  # gs:// metrics and TensorBoard files: at most one upload per interval
+    heartbeat_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        _positive(self, "logging", "every")
+        _positive(self, "logging", "every", "flush_seconds", "heartbeat_seconds")
         if self.peak_flops_per_device < 0:
             raise ConfigError(
                 f"logging.peak_flops_per_device must be positive (or 0 = automatic), got {self.peak_flops_per_device}"
@@ -304,6 +345,36 @@ class FewShotConfig:
 
 
 @dataclass(frozen=True)
+class ICLConfig:
+    """In-context-learning probes during training (eval/icl): results go to <run_dir>/icl/<step>.json and
+    their metrics into metrics.jsonl / TensorBoard as icl/<task>/<K>shot/<metric>, beside the loss.
+
+    `probes` are "induction" (induction heads on `induction_task`'s repeated random tokens), "icl_score"
+    (Olsson et al.'s loss on token `late` minus token `early` of held-out text: `icl_score_task`'s
+    validation split, "" = the run's data.task) and synthetic FewShotClassification task names (accuracy
+    after each K of `shots` context pairs). `early` and `late` of 0 are Olsson et al.'s 50th and 500th
+    token of 512, scaled to the sequence length."""
+
+    probes: tuple[str, ...] = ()
+    every: int = 0  # 0 = only at the end of the run
+    shots: tuple[int, ...] = (0, 1, 2, 4, 8)
+    examples: int = 256  # probe sequences per task and K (held-out rows for the ICL score)
+    induction_task: str = "repeat_tokens"
+    icl_score_task: str = ""
+    early: int = 0
+    late: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.early < 0 or self.late < 0:
+            raise ConfigError(f"icl.every={self.every}, icl.early={self.early}, icl.late={self.late} must be >= 0")
+        _positive(self, "icl", "examples")
+        if not self.shots or any(k < 0 for k in self.shots):
+            raise ConfigError(f"icl.shots must be non-empty and >= 0, got {list(self.shots)}")
+        if self.early and self.late and self.early >= self.late:
+            raise ConfigError(f"icl.early={self.early} must be < icl.late={self.late}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one training run needs; written resolved to <run_dir>/config.json."""
 
@@ -315,8 +386,14 @@ class RunConfig:
     checkpoint: CheckpointConfig = resumable(CheckpointConfig())
     held_out: HeldOutConfig = resumable(HeldOutConfig())
     fewshot: FewShotConfig = resumable(FewShotConfig())
+    icl: ICLConfig = resumable(ICLConfig())
     run_dir: str = resumable("runs/default")  # where the run lives, not what it computes
     steps: int = resumable(300)
+    # "START:END": a jax.profiler trace of steps START+1..END into <run_dir>/profile/ ("" = none).
+    profile_steps: str = resumable("")
+    # Provenance, not semantics: the git commit the code of the latest (re)start was checked out at
+    # (tpu_scripts resolve it once and pass it to every worker; "" = not recorded).
+    code_commit: str = resumable("")
     batch_size: int = 16  # global, in sequences
     seq_len: int = 0  # 0 = model.n_ctx
     micro_batches: int = 1  # gradient accumulation inside the jitted step
@@ -326,8 +403,13 @@ class RunConfig:
         _positive(self, "", "steps", "batch_size", "micro_batches")
         if self.seq_len > self.model.n_ctx:
             raise ConfigError(f"seq_len={self.seq_len} exceeds model.n_ctx={self.model.n_ctx}")
+        if self.model.loss_chunk and self.sequence_length % self.model.loss_chunk:
+            raise ConfigError(
+                f"model.loss_chunk={self.model.loss_chunk} does not divide the sequence length {self.sequence_length}"
+            )
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"batch_size={self.batch_size} is not divisible by micro_batches={self.micro_batches}")
+        self.profile_range  # noqa: B018 - validates profile_steps
         decay_steps = self.optim.decay_steps or self.steps
         if self.optim.warmup_steps >= decay_steps:
             raise ConfigError(
@@ -338,6 +420,16 @@ class RunConfig:
     @property
     def sequence_length(self) -> int:
         return self.seq_len or self.model.n_ctx
+
+    @property
+    def profile_range(self) -> tuple[int, int] | None:
+        """profile_steps as (START, END): trace the steps after START up to END; None when empty."""
+        if not self.profile_steps:
+            return None
+        start, sep, end = self.profile_steps.partition(":")
+        if not (sep and start.isdigit() and end.isdigit() and int(start) < int(end)):
+            raise ConfigError(f"profile_steps={self.profile_steps!r} must be START:END with 0 <= START < END")
+        return int(start), int(end)
 
 
 def changed_fields(saved: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
@@ -515,6 +607,7 @@ __all__ = [
     "DEFAULT_RULES",
     "DataConfig",
     "FewShotConfig",
+    "ICLConfig",
     "HeldOutConfig",
     "LoggingConfig",
     "MeshConfig",

@@ -7,6 +7,7 @@ Exported tensors are fp32 too (lossless for fp32/bf16 params; `safetensors.numpy
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.errors import InputNotFoundError
-from gptjax.model import Params, abstract_params
+from gptjax.model import Params, abstract_params, unstack_layers
 
 PREFIX = "transformer."  # GPT2LMHeadModel's body; bare GPT2Model checkpoints (e.g. OpenAI's) omit it
 LM_HEAD = "lm_head.weight"
@@ -285,7 +286,8 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_d
 
     With `tokenizer_dir` (a GPT-2 BPE dir, HF `vocab.json`/`merges.txt` or OpenAI `encoder.json`/`vocab.bpe`),
     the tokenizer is copied too so `AutoTokenizer`/lm-eval can load the dir, and bos/eos are its
-    <|endoftext|>. Everything is checked before anything is written.
+    <|endoftext|>. Everything is checked before anything is written. Scanned parameters (`model.scan_layers`)
+    are unstacked: Hugging Face has one entry per layer.
     """
     eos = GPT2_EOS if cfg.vocab_size > GPT2_EOS else None
     tokenizer = None
@@ -303,6 +305,8 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_d
         _shape_problems(_param_shapes(abstract_params(cfg)), _param_shapes(params)),
         f"params do not match config {cfg.name}",
     )
+    if cfg.scan_layers:
+        params, cfg = unstack_layers(params, cfg), dataclasses.replace(cfg, scan_layers=False)
 
     tensors = {k: np.ascontiguousarray(v) for k, v in _to_hf(params, cfg).items()}  # save_file needs contiguous
     out_dir = Path(out_dir)

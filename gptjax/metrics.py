@@ -5,7 +5,11 @@ MFU = achieved model FLOP/s per device / peak FLOP/s per device, with model FLOP
 numbers from different conventions are never compared silently). Peaks come from a table of published
 per-chip figures keyed by `jax.Device.device_kind`, are measured on CPU, or are given explicitly.
 
-Only the writer process (process 0 by default) creates files; other processes get a no-op sink.
+Only the writer process (process 0 by default) creates files; other processes get a no-op sink. A local
+metrics file is appended and flushed line by line. A cloud object cannot be appended to, so on gs:// the
+records are buffered and the whole file is uploaded at most every `flush_seconds`, at every `flush()` (the
+checkpoint hook calls it, so the file always covers the latest checkpoint) and at the end; TensorBoard's
+event file likewise.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from tqdm import tqdm
 from gptjax import model
 from gptjax.config import RunConfig
 from gptjax.errors import ConfigError
-from gptjax.rundir import PathLike, RunDir, as_path, write_atomic
+from gptjax.rundir import PathLike, RunDir, as_path, is_local, write_atomic
 
 PeakSource = Literal["table", "measured", "override"]
 
@@ -197,7 +201,22 @@ class Throughput:
 class Sink(Protocol):
     def write(self, step: int, scalars: Mapping[str, Any]) -> None: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
+
+
+class _Interval:
+    """Whether `seconds` have passed since the last time it said so."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._last = seconds, time.monotonic()
+
+    def due(self) -> bool:
+        if time.monotonic() - self._last < self.seconds:
+            return False
+        self._last = time.monotonic()
+        return True
 
 
 def _plain(value: Any) -> Any:
@@ -217,38 +236,67 @@ def read_metrics(path: PathLike) -> list[dict[str, Any]]:
 
 
 class JsonlSink:
-    """One JSON object per `write` ({"step", "time", **scalars}), appended and flushed line by line."""
+    """One JSON object per `write` ({"step", "time", **scalars}): appended and flushed line by line to a
+    local file; buffered and uploaded whole (module docstring) to a gs:// one."""
 
-    def __init__(self, path: PathLike, start_step: int = 0):
+    def __init__(self, path: PathLike, start_step: int = 0, flush_seconds: float = 60.0):
         self.path = as_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r["step"] <= start_step]
-            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = self.path.open("a")
+        kept = [r for r in read_metrics(self.path) if r["step"] <= start_step] if self.path.exists() else []
+        self._text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(self.path, self._text)
+        self._file = self.path.open("a") if is_local(self.path) else None
+        self._unflushed = False
+        self._interval = _Interval(flush_seconds)
+        self.uploads = 0  # whole-file uploads of a gs:// file (tests check they are not one per record)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step), "time": time.time(), **{k: _plain(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = json.dumps(record) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+            return
+        self._text += line
+        self._unflushed = True
+        if self._interval.due():
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file is None and self._unflushed:
+            write_atomic(self.path, self._text)
+            self._unflushed = False
+            self.uploads += 1
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
+        if self._file is not None:
+            self._file.close()
 
 
 class TensorBoardSink:
-    """Scalars to a tensorboardX event file in `logdir`; TensorBoard hides the previous attempt's steps."""
+    """Scalars to a tensorboardX event file in `logdir` (gs:// through google-cloud-storage, which uploads
+    the whole file at each flush: so flushed on the module's schedule there, after every write locally);
+    TensorBoard hides the previous attempt's steps."""
 
-    def __init__(self, logdir: PathLike, start_step: int = 0):
+    def __init__(self, logdir: PathLike, start_step: int = 0, flush_seconds: float = 60.0):
         # Event files are named by the second they were opened in; the suffix keeps a quick restart from
         # overwriting the previous attempt's file.
         self._writer = SummaryWriter(
-            os.fspath(logdir), purge_step=start_step + 1, filename_suffix=f".{os.getpid()}.{start_step}"
+            os.fspath(logdir),
+            purge_step=start_step + 1,
+            filename_suffix=f".{os.getpid()}.{start_step}",
+            flush_secs=int(flush_seconds) or 1,
         )
+        self._interval = _Interval(0.0 if is_local(logdir) else flush_seconds)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         for key, value in scalars.items():
             self._writer.add_scalar(key, _plain(value), int(step))
+        if self._interval.due():
+            self._writer.flush()
+
+    def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
@@ -271,6 +319,9 @@ class ProgressBar:
         self._bar.set_postfix(self._postfix, refresh=False)
         self._bar.update(int(step) - self._bar.n)
 
+    def flush(self) -> None:
+        self._bar.refresh()
+
     def close(self) -> None:
         self._bar.close()
 
@@ -284,6 +335,10 @@ class MultiSink:
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         for sink in self.sinks:
             sink.write(step, scalars)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -301,7 +356,12 @@ def _writer(is_writer: bool | None) -> bool:
 
 
 def open_sinks(
-    run_dir: RunDir, total_steps: int, start_step: int = 0, is_writer: bool | None = None, progress: bool = True
+    run_dir: RunDir,
+    total_steps: int,
+    start_step: int = 0,
+    is_writer: bool | None = None,
+    progress: bool = True,
+    flush_seconds: float = 60.0,
 ) -> MultiSink:
     """The run's metrics.jsonl, TensorBoard directory and (optionally) a progress bar; a no-op off the writer.
 
@@ -310,8 +370,8 @@ def open_sinks(
     if not _writer(is_writer):
         return MultiSink([])
     sinks: list[Sink] = [
-        JsonlSink(run_dir.metrics_file, start_step),
-        TensorBoardSink(run_dir.tensorboard_dir, start_step),
+        JsonlSink(run_dir.metrics_file, start_step, flush_seconds),
+        TensorBoardSink(run_dir.tensorboard_dir, start_step, flush_seconds),
     ]
     if progress:
         sinks.append(ProgressBar(total_steps, start_step))

@@ -15,6 +15,13 @@ def data_dir() -> Path:
     return Path(os.environ.get("GPTJAX_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).expanduser()
 
 
+def local_cache_dir() -> Path:
+    """This host's cache of what must be a local file (memory-mapped token streams of a gs:// run):
+    `$GPTJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/gptjax` (~/.cache/gptjax)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptjax"
+    return Path(os.environ.get("GPTJAX_CACHE_DIR", default)).expanduser()
+
+
 def data_path(*parts: str) -> Path:
     """A path under the data root; raises InputNotFoundError naming the path and how to relocate it."""
     path = data_dir().joinpath(*parts)

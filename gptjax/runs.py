@@ -1,23 +1,23 @@
 """A run directory as a model store: a checkpoint's parameters, model config and vocabulary for inference
 (generation, evaluation, export). Only the `params` entry of the saved train state is read, so a reader
-needs neither the optimizer nor the trainer."""
+needs neither the optimizer nor the trainer; the tokenizer is gptjax.plain_tokenizers', so reading a run
+never imports TensorFlow."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
-import seqio
 
 from gptjax import model
 from gptjax.checkpoint import Checkpointer, CheckpointError
 from gptjax.config import ModelConfig
+from gptjax.plain_tokenizers import Tokenizer, get_tokenizer
 from gptjax.rundir import PathLike, RunDir
-from gptjax.tokenizers import get_vocabulary
 
 
-def load_for_inference(run_dir: PathLike, step: int | None = None) -> tuple[Any, ModelConfig, seqio.Vocabulary, int]:
-    """(params, model config, vocabulary, step) from a run's checkpoint (the latest unless `step` is
+def load_for_inference(run_dir: PathLike, step: int | None = None) -> tuple[Any, ModelConfig, Tokenizer, int]:
+    """(params, model config, tokenizer, step) from a run's checkpoint (the latest unless `step` is
     given), on the first local device (callers that shard, like the eval layer, place them further)."""
     run_dir = RunDir(run_dir)
     run = run_dir.read_config()
@@ -33,7 +33,7 @@ def load_for_inference(run_dir: PathLike, step: int | None = None) -> tuple[Any,
         params = checkpointer.restore_subtree(step, {"params": target})["params"]
     finally:
         checkpointer.close()
-    return params, run.model, get_vocabulary(run.data.vocab), step
+    return params, run.model, get_tokenizer(run.data.vocab), step
 
 
 __all__ = ["load_for_inference"]

@@ -2,9 +2,16 @@
 batch rows each process loads, and `jax.distributed` set-up.
 
 The model names its axes logically (`embed`, `heads`, `batch`, ...); `MeshConfig.rules` is the one table
-that maps those names to the mesh axes `data`, `fsdp`, `tensor` (T5X's `standard_logical_axis_rules`).
+that maps those names to the mesh axes `dcn`, `data`, `fsdp`, `tensor` (T5X's `standard_logical_axis_rules`).
 Changing the parallelism layout means changing the table or the mesh sizes, never model or eval code:
 the trainer, the eval scorer and Flax's `with_logical_constraint` all read the same table.
+
+On TPU the mesh follows the physical torus (`jax.make_mesh` / `mesh_utils`), so the devices along the batch
+axes belong to processes in an interleaved order (v4-32: 0,1,2,3,0,1,2,3,...). Each process therefore loads
+exactly the rows its own devices hold, whatever their order (`process_rows`), and the batch at step k stays
+a function of (seed, k) alone: the same global rows whatever the number of hosts. Several slices joined over
+the data-centre network form a hybrid mesh whose outermost axis `dcn` has one entry per slice and carries
+only data parallelism (slow links, one gradient all-reduce per step).
 """
 
 from __future__ import annotations
@@ -17,18 +24,19 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from gptjax.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("dcn", "data", "fsdp", "tensor")
 Rules = tuple[tuple[str, tuple[str, ...]], ...]
 log = logging.getLogger(__name__)
 
 # Logical axis -> mesh axes. Parameters: vocab/embed/mlp/heads/kv/norm; activations: batch/length/act_*.
 # FSDP shards the embed dimension of every weight; tensor parallelism splits heads, MLP width and vocab.
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("dcn", "data", "fsdp")),
     ("length", ()),
     ("act_embed", ()),
     ("embed", ("fsdp",)),
@@ -37,23 +45,26 @@ DEFAULT_RULES: Rules = (
     ("heads", ("tensor",)),
     ("kv", ()),
     ("norm", ()),
+    ("layers", ()),  # the stacked axis of scanned layers (model.scan_layers)
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh sizes (one of them may be -1 = all remaining devices) and the logical-axis rules."""
+    """Device mesh sizes within one slice (one of data/fsdp/tensor may be -1 = all remaining devices), the
+    number of slices `dcn` (-1 = as many as the devices span), and the logical-axis rules."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn: int = -1
     rules: Rules = DEFAULT_RULES
 
     def __post_init__(self) -> None:
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
         if list(sizes.values()).count(-1) > 1:
-            raise ConfigError(f"at most one mesh axis may be -1, got {sizes}")
-        bad = {k: v for k, v in sizes.items() if v == 0 or v < -1}
+            raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got {sizes}")
+        bad = {k: v for k, v in {**sizes, "dcn": self.dcn}.items() if v == 0 or v < -1}
         if bad:
             raise ConfigError(f"mesh sizes must be positive or -1, got {bad}")
         unknown = sorted({a for _, axes in self.rules for a in axes} - set(MESH_AXES))
@@ -87,26 +98,56 @@ def maybe_initialize_distributed(
 
 
 def resolve_mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes over the `n_devices` devices of one slice, -1 resolved."""
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % known:
             raise ConfigError(
-                f"mesh {dict(zip(MESH_AXES, sizes))}: {n_devices} devices are not divisible by "
+                f"mesh {dict(zip(MESH_AXES[1:], sizes))}: {n_devices} devices are not divisible by "
                 f"the fixed axes' product {known}"
             )
         sizes[sizes.index(-1)] = n_devices // known
     if math.prod(sizes) != n_devices:
         raise ConfigError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but {n_devices} are available"
+            f"mesh {dict(zip(MESH_AXES[1:], sizes))} needs {math.prod(sizes)} devices but {n_devices} are available"
         )
     return tuple(sizes)  # type: ignore[return-value]
 
 
+def slice_count(devices: list[jax.Device]) -> int:
+    """How many slices `devices` span (TPU devices carry a `slice_index`; others are one slice)."""
+    return len({getattr(d, "slice_index", None) or 0 for d in devices})
+
+
 def make_mesh(cfg: MeshConfig, devices: list[jax.Device] | None = None) -> Mesh:
-    devices = devices if devices is not None else jax.devices()
-    shape = resolve_mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    """The mesh (dcn, data, fsdp, tensor) over `devices` (default: all), laid out along the physical torus
+    of each slice, slices along `dcn`. ConfigError names the sizes when they do not fit the devices."""
+    devices = list(devices) if devices is not None else jax.devices()
+    slices = slice_count(devices)
+    if cfg.dcn not in (-1, slices):
+        raise ConfigError(f"mesh.dcn={cfg.dcn} but the {len(devices)} devices form {slices} slice(s)")
+    shape = (1, *resolve_mesh_shape(cfg, len(devices) // slices))
+    errors = []
+    for split in (False, True):  # whole physical axes per mesh axis if possible, else split one (slower rings)
+        try:
+            if slices == 1 and not split:
+                return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 4, devices=devices)
+            if slices == 1:
+                grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+            else:
+                grid = mesh_utils.create_hybrid_device_mesh(
+                    shape, (slices, 1, 1, 1), devices, allow_split_physical_axes=split
+                )
+            if split:
+                log.info("mesh %s splits a physical axis of the TPU torus", dict(zip(MESH_AXES, grid.shape)))
+            return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 4)
+        except (ValueError, AssertionError, NotImplementedError) as err:  # mesh_utils' ways of saying "no layout"
+            errors.append(err)
+    raise ConfigError(
+        f"mesh {dict(zip(MESH_AXES[1:], shape[1:]))} does not tile the {len(devices) // slices} "
+        f"{devices[0].device_kind} devices of a slice ({errors[-1]})"
+    ) from errors[-1]
 
 
 def logical_to_mesh_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, rules: Rules) -> PartitionSpec:
@@ -157,33 +198,52 @@ def data_parallel_size(sharding: NamedSharding) -> int:
     return math.prod(sharding.mesh.shape[a] for a in axes)
 
 
-def process_rows(sharding: NamedSharding, global_batch: int) -> slice:
-    """The contiguous rows of a global batch that this process's devices hold under `sharding`.
-
-    Each process loads only these rows and hands them to `jax.make_array_from_process_local_data`.
-    """
+def _device_rows(sharding: NamedSharding, global_batch: int, process: int | None) -> dict[jax.Device, np.ndarray]:
+    """The global batch rows each device of `process` (default: this one) holds under `sharding`."""
     dp = data_parallel_size(sharding)
     if global_batch % dp:
         raise ConfigError(
             f"global batch_size={global_batch} is not divisible by the data-parallel size {dp} "
             f"(mesh {dict(sharding.mesh.shape)})"
         )
-    indices = [idx for idx in sharding.addressable_devices_indices_map((global_batch, 1)).values() if idx]
-    starts = [idx[0].start or 0 for idx in indices]
-    stops = [global_batch if idx[0].stop is None else idx[0].stop for idx in indices]
-    lo, hi = min(starts), max(stops)
-    covered = {r for a, b in zip(starts, stops) for r in range(a, b)}
-    if len(covered) != hi - lo:
-        raise ConfigError(
-            f"process {jax.process_index()} holds non-contiguous batch rows; order the mesh so "
-            "each process's devices are adjacent along the batch axes"
-        )
-    return slice(lo, hi)
+    process = jax.process_index() if process is None else process
+    return {
+        d: np.arange(global_batch)[index[0]]
+        for d, index in sharding.devices_indices_map((global_batch, 1)).items()
+        if d.process_index == process  # type: ignore[attr-defined]  # jaxlib Device has no stub
+    }
+
+
+def process_rows(sharding: NamedSharding, global_batch: int, process: int | None = None) -> np.ndarray:
+    """The rows of a global batch that the devices of `process` (default: this one) hold under `sharding`,
+    sorted: what the process loads (`PackedDataset.batch(step, n, rows=...)`). They need not be contiguous."""
+    return np.unique(np.concatenate(list(_device_rows(sharding, global_batch, process).values())))
+
+
+def device_shards(
+    local: dict[str, np.ndarray],
+    rows: np.ndarray,
+    sharding: NamedSharding,
+    global_batch: int,
+    process: int | None = None,
+) -> dict[jax.Device, dict[str, np.ndarray]]:
+    """Each device's piece of the global batch, cut from the process-local rows `local` (global rows `rows`,
+    as `process_rows` gives them)."""
+    return {
+        d: {k: v[np.searchsorted(rows, held)] for k, v in local.items()}
+        for d, held in _device_rows(sharding, global_batch, process).items()
+    }
 
 
 def global_batch_from_local(
-    local: dict[str, np.ndarray], sharding: NamedSharding, global_batch: int
+    local: dict[str, np.ndarray], rows: np.ndarray, sharding: NamedSharding, global_batch: int
 ) -> dict[str, jax.Array]:
+    """The global batch as sharded arrays, built from this process's rows `rows` (loaded as `local`)."""
+    shards = device_shards(local, rows, sharding, global_batch)
+    devices = list(shards)
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:]) for k, v in local.items()
+        k: jax.make_array_from_single_device_arrays(
+            (global_batch,) + v.shape[1:], sharding, jax.device_put([shards[d][k] for d in devices], devices)
+        )
+        for k, v in local.items()
     }

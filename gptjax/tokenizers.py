@@ -1,9 +1,9 @@
 """Tokenizers as seqio Vocabularies: raw UTF-8 bytes, GPT-2 byte-level BPE and SentencePiece.
 
-Every vocabulary reports `vocab_size`, `eos_id` and a `name` derived from its content (so a results file
-records exactly which tokenizer produced its numbers), compares equal by that name, and works both in
-Python and inside seqio Tasks' `tokenize` preprocessor (`encode_tf` / `decode_tf`). Configs store a short
-spec string, which `get_vocabulary` turns into a vocabulary.
+The algorithms are gptjax.plain_tokenizers' (plain Python, usable without TensorFlow); the classes here add
+what seqio Tasks' `tokenize` preprocessor needs (`encode_tf` / `decode_tf`) and report the same
+content-derived `name`, so a results file records exactly which tokenizer produced its numbers whichever
+side tokenised. Configs store a short spec string, which `get_vocabulary` turns into a vocabulary.
 
 `decode` follows seqio's contract (text before the first EOS, as for generated continuations); `decode_all`
 renders every id and is the exact inverse of `encode`.
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -22,65 +20,47 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import regex
 import sentencepiece as spm
 import seqio
 import tensorflow as tf
-from sentencepiece import sentencepiece_model_pb2
 
 from gptjax.errors import InputNotFoundError
-from gptjax.paths import data_path
-
-EOT = "<|endoftext|>"  # GPT-2's end-of-text token: the EOS and document separator of every vocabulary here
-
-# GPT-2's pre-tokenisation regex (openai/gpt-2 src/encoder.py), applied with the `regex` module for \p{..}.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-# Pre-token -> ids cache entries; text is Zipfian, so this covers nearly every word of an eval corpus.
-WORD_CACHE_SIZE = 1 << 17
-
-
-def _id_list(ids: Iterable[int] | np.ndarray | tf.Tensor) -> list[int]:
-    """A 1-D id sequence (list, NumPy array or eager tensor) as Python ints."""
-    array = np.asarray(ids)
-    if array.ndim != 1:
-        raise ValueError(f"expected a 1-D sequence of token ids, got shape {array.shape}")
-    return [int(i) for i in array]
+from gptjax.plain_tokenizers import (
+    EOT,
+    GPT2_PATTERN,
+    ByteLevelTokenizer,
+    ByteTokenizer,
+    GPT2BPETokenizer,
+    NamedByContent,
+    SentencePieceTokenizer,
+    bytes_to_unicode,
+    get_tokenizer,
+    id_list,
+    sentencepiece_name,
+)
 
 
-class _NamedVocabulary:
-    """Equality and hashing by `name`, which each vocabulary derives from its content rather than a path."""
-
-    name: str
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.name == self.name
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.name))
-
-
-class _ByteLevelVocabulary(_NamedVocabulary, seqio.Vocabulary):
-    """A vocabulary where every id stands for a fixed byte string, so decoding is a table look-up.
+class _ByteLevelVocabulary(NamedByContent, seqio.Vocabulary):
+    """A plain byte-level tokenizer (every id a fixed byte string) as a seqio Vocabulary.
 
     There is no UNK (every byte is representable), and the EOS token doubles as BOS, as in GPT-2.
     seqio pads with id 0, which is a real token here; seqio's own `decode_tf` would turn everything after
     EOS into that id, so `decode_tf` is overridden to drop those positions instead.
     """
 
-    def __init__(self, token_bytes: Sequence[bytes], eos_id: int):
+    def __init__(self, plain: ByteLevelTokenizer):
         super().__init__(extra_ids=0)
-        self._token_bytes = tuple(token_bytes)
-        self._eos_id = eos_id
+        self.plain = plain
+        self.name = plain.name
         self._token_table: tf.Tensor | None = None
 
     @property
     def eos_id(self) -> int:
-        return self._eos_id
+        return self.plain.eos_id
 
     @property
     def bos_id(self) -> int:
-        return self._eos_id
+        return self.plain.eos_id
 
     @property
     def unk_id(self) -> None:
@@ -88,36 +68,32 @@ class _ByteLevelVocabulary(_NamedVocabulary, seqio.Vocabulary):
 
     @property
     def _base_vocab_size(self) -> int:
-        return len(self._token_bytes)
+        return self.plain.vocab_size
+
+    def _encode(self, s: str) -> list[int]:
+        return self.plain.encode(s)
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text before the first EOS."""
-        ids = _id_list(ids)
-        if self._eos_id in ids:
-            ids = ids[: ids.index(self._eos_id)]
-        return self._decode(ids)
+        return self.plain.decode(ids)
 
     def decode_all(self, ids: Iterable[int]) -> str:
         """Every id, EOS included (as `<|endoftext|>`): the inverse of `encode`."""
-        return self._decode(_id_list(ids))
+        return self.plain.decode_all(ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
-        n = len(self._token_bytes)
-        bad = [i for i in ids if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"{self.name}: token ids {bad[:8]} are outside [0, {n})")
-        return b"".join([self._token_bytes[i] for i in ids]).decode("utf-8", errors="replace")
+        return self.plain.decode_all(ids)
 
     def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
         """The text before the first EOS of each row (ids along the last axis)."""
         ids = tf.convert_to_tensor(ids)
-        before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, self._eos_id), tf.int32), axis=-1), 0)
+        before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, self.eos_id), tf.int32), axis=-1), 0)
         return self._decode_tf(tf.ragged.boolean_mask(ids, before_eos))
 
     def _decode_tf(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor:
         if self._token_table is None:
             with tf.init_scope():  # an eager constant, so graphs traced later can all capture it
-                self._token_table = tf.constant(self._token_bytes, dtype=tf.string)
+                self._token_table = tf.constant(self.plain.token_bytes, dtype=tf.string)
         text = tf.strings.reduce_join(tf.gather(self._token_table, ids), axis=-1)
         # Same replacement of invalid UTF-8 as Python's errors="replace" (the tests check they agree).
         return tf.strings.unicode_transcode(
@@ -132,13 +108,8 @@ class ByteVocabulary(_ByteLevelVocabulary):
     literal text `<|endoftext|>` is encoded as its 13 bytes; only the data pipeline inserts id 256.
     """
 
-    name = "byte"
-
     def __init__(self) -> None:
-        super().__init__([bytes([b]) for b in range(256)] + [EOT.encode()], eos_id=256)
-
-    def _encode(self, s: str) -> list[int]:
-        return list(s.encode("utf-8"))
+        super().__init__(ByteTokenizer())
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         return tf.cast(tf.io.decode_raw(s, tf.uint8), tf.int32)
@@ -150,78 +121,15 @@ class ByteVocabulary(_ByteLevelVocabulary):
         return f"ByteVocabulary(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 bytes to printable characters, so BPE never sees whitespace or
-    control bytes: printable Latin-1 bytes map to themselves, the rest to code points from 256 up."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = (b for b in range(256) if b not in printable)
-    codes = {b: b for b in printable} | {b: 256 + n for n, b in enumerate(extra)}
-    return {b: chr(codes[b]) for b in range(256)}
-
-
 class GPT2BPEVocabulary(_ByteLevelVocabulary):
-    """GPT-2's byte-level BPE, in Python, from the original `encoder.json` and `vocab.bpe`.
+    """GPT-2's byte-level BPE (gptjax.plain_tokenizers.GPT2BPETokenizer) from `encoder.json` and `vocab.bpe`
+    (or Hugging Face's `vocab.json` and `merges.txt`); the defaults are the shared GPT-2 files."""
 
-    The algorithm is openai/gpt-2's `encoder.py`: split text with GPT2_PATTERN, map each pre-token's UTF-8
-    bytes through `bytes_to_unicode`, then repeatedly merge the adjacent pair of lowest merge rank. As in
-    Hugging Face's GPT-2 tokenizer, the literal `<|endoftext|>` in text is the special token (id 50256).
-    Each distinct pre-token is merged once and then served from an LRU cache.
-    """
+    plain: GPT2BPETokenizer
 
     def __init__(self, encoder_json: str | Path | None = None, vocab_bpe: str | Path | None = None):
-        self.encoder_json = Path(encoder_json) if encoder_json else data_path("tokenizers", "gpt2", "encoder.json")
-        self.vocab_bpe = Path(vocab_bpe) if vocab_bpe else data_path("tokenizers", "gpt2", "vocab.bpe")
-        encoder: dict[str, int] = json.loads(self.encoder_json.read_text(encoding="utf-8"))
-        if sorted(encoder.values()) != list(range(len(encoder))):
-            raise ValueError(f"{self.encoder_json}: token ids are not exactly 0..{len(encoder) - 1}")
-        if EOT not in encoder:
-            raise ValueError(f"{self.encoder_json} has no {EOT} token")
-        lines = self.vocab_bpe.read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
-        malformed = [m for m in merges if len(m) != 2]
-        if malformed:
-            raise ValueError(f"{self.vocab_bpe}: merge lines must hold two symbols, got {malformed[:3]}")
-
-        self._encoder = encoder
-        self._ranks: dict[tuple[str, str], int] = {(a, b): rank for rank, (a, b) in enumerate(merges)}
-        self._byte_encoder = bytes_to_unicode()
-        byte_decoder = {c: b for b, c in self._byte_encoder.items()}
-        tokens = sorted(encoder, key=encoder.__getitem__)
-        super().__init__([bytes(byte_decoder[c] for c in token) for token in tokens], eos_id=encoder[EOT])
-        self._pattern = regex.compile(GPT2_PATTERN)
-        self._word_ids = functools.lru_cache(maxsize=WORD_CACHE_SIZE)(self._bpe)
-        content = json.dumps([tokens, merges], ensure_ascii=False).encode("utf-8")
-        self.name = f"gpt2-bpe-{hashlib.sha256(content).hexdigest()[:12]}"
-
-    def _bpe(self, word: str) -> tuple[int, ...]:
-        """Ids of one pre-token: merge the lowest-ranked adjacent pair until no pair has a rank."""
-        parts = [self._byte_encoder[b] for b in word.encode("utf-8")]
-        ranks = self._ranks
-        while len(parts) > 1:
-            best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, len(ranks)))
-            if best not in ranks:
-                break
-            first, second = best
-            merged: list[str] = []
-            i = 0
-            while i < len(parts):
-                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(self._encoder[part] for part in parts)
-
-    def _encode(self, s: str) -> list[int]:
-        ids: list[int] = []
-        for n, segment in enumerate(s.split(EOT)):
-            if n:
-                ids.append(self._eos_id)
-            for word in self._pattern.findall(segment):
-                ids.extend(self._word_ids(word))
-        return ids
+        super().__init__(GPT2BPETokenizer.from_files(encoder_json, vocab_bpe))
+        self.encoder_json, self.vocab_bpe = self.plain.files
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         """Runs the Python encoder through tf.numpy_function: fine for tf.data, not for a SavedModel."""
@@ -246,7 +154,7 @@ class GPT2BPEVocabulary(_ByteLevelVocabulary):
         )
 
 
-class SentencePieceVocabulary(_NamedVocabulary, seqio.SentencePieceVocabulary):
+class SentencePieceVocabulary(NamedByContent, seqio.SentencePieceVocabulary):
     """seqio's SentencePiece vocabulary with a content-derived name and `decode_all`.
 
     Models from `train_sentencepiece` follow seqio's id convention (PAD 0, EOS 1, UNK 2, no BOS).
@@ -259,14 +167,11 @@ class SentencePieceVocabulary(_NamedVocabulary, seqio.SentencePieceVocabulary):
 
     @functools.cached_property
     def name(self) -> str:  # type: ignore[override]  # computed from the model, where the base declares a field
-        proto = sentencepiece_model_pb2.ModelProto.FromString(self.sp_model)  # type: ignore[attr-defined]
-        spec = sentencepiece_model_pb2.TrainerSpec  # type: ignore[attr-defined]  # generated protobuf module
-        kind = spec.ModelType.Name(proto.trainer_spec.model_type).lower()
-        return f"sentencepiece-{kind}-{self.vocab_size}-{hashlib.md5(self.sp_model).hexdigest()[:12]}"
+        return sentencepiece_name(self.sp_model)
 
     def decode_all(self, ids: Iterable[int]) -> str:
         """Every id, not stopping at EOS (control tokens such as EOS render as empty text)."""
-        return self._decode(_id_list(ids))
+        return self._decode(id_list(ids))
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -366,22 +271,16 @@ def tokenizer_command(argv: Sequence[str]) -> int:
     return 0
 
 
-SPEC_FORMS = ("'byte'", "'gpt2'", "'gpt2:DIR' (DIR holds encoder.json and vocab.bpe)", "'sentencepiece:FILE.model'")
-
-
 @functools.cache
 def get_vocabulary(spec: str) -> seqio.Vocabulary:
-    """The vocabulary a spec string names; cached, since loading GPT-2's files takes a noticeable fraction
-    of a second and seqio Tasks ask for their vocabulary repeatedly."""
-    kind, _, arg = spec.partition(":")
-    if spec == "byte":
-        return ByteVocabulary()
-    if kind == "gpt2":
-        directory = Path(arg).expanduser() if arg else data_path("tokenizers", "gpt2")
-        return GPT2BPEVocabulary(directory / "encoder.json", directory / "vocab.bpe")
-    if kind == "sentencepiece" and arg:
-        return SentencePieceVocabulary(Path(arg).expanduser())
-    raise ValueError(f"unknown tokenizer spec {spec!r}; valid forms: {', '.join(SPEC_FORMS)}")
+    """The vocabulary a spec string names (forms: gptjax.plain_tokenizers.SPEC_FORMS): the seqio wrapper of
+    `get_tokenizer(spec)`; cached, since seqio Tasks ask for their vocabulary repeatedly."""
+    plain = get_tokenizer(spec)
+    if isinstance(plain, SentencePieceTokenizer):
+        return SentencePieceVocabulary(plain.model_file)
+    if isinstance(plain, GPT2BPETokenizer):
+        return GPT2BPEVocabulary(*plain.files)
+    return ByteVocabulary()
 
 
 __all__ = [

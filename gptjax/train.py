@@ -87,21 +87,51 @@ def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
     )
 
 
+def _cross_entropy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights).sum()
+
+
+def chunked_cross_entropy_sum(
+    features: jax.Array, embedding: jax.Array, targets: jax.Array, weights: jax.Array, chunk: int
+) -> jax.Array:
+    """The weighted sum of fp32 token cross-entropies of features [batch, length, d_model] under the LM head
+    `embedding` [vocab, d_model], `chunk` positions of every row at a time: a scan whose body recomputes
+    its logits in the backward pass, so no more than [batch, chunk, vocab] logits ever exist. Rows stay
+    whole per chunk, so a batch-sharded input stays sharded."""
+    batch, length = targets.shape
+    split = lambda x: x.reshape(batch, length // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+
+    @jax.checkpoint
+    def chunk_loss(x: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+        return _cross_entropy_sum(model.project_to_vocab(x, embedding), y, w)
+
+    def body(total: jax.Array, xs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        return total + chunk_loss(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (split(features), split(targets), split(weights)))
+    return total
+
+
 def token_loss_sums(
     params: Any, batch: Batch, run: RunConfig, dropout_rng: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
-    """(sum of fp32 token cross-entropies, number of loss tokens) for one (micro-)batch."""
-    logits = model.forward(
+    """(sum of fp32 token cross-entropies, number of loss tokens) for one (micro-)batch; with
+    `model.loss_chunk`, the LM head and loss run over chunks of positions (the same sums)."""
+    cfg = run.model
+    outputs = model.forward(
         params,
         batch["inputs"],
-        run.model,
+        cfg,
         segment_ids=batch["segment_ids"],
         positions=batch["positions"],
         dropout_rng=dropout_rng,
+        return_features=bool(cfg.loss_chunk),
     )
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"].astype(jnp.float32)
-    return (losses * mask).sum(), mask.sum()
+    if cfg.loss_chunk:
+        embedding = model.output_embedding(params, cfg)
+        return chunked_cross_entropy_sum(outputs, embedding, batch["targets"], mask, cfg.loss_chunk), mask.sum()
+    return _cross_entropy_sum(outputs, batch["targets"], mask), mask.sum()
 
 
 def _uses_dropout(run: RunConfig) -> bool:
@@ -213,7 +243,7 @@ def init_sharded_state(run: RunConfig, tx: optax.GradientTransformation, shardin
 
 def jit_train_step(
     run: RunConfig, tx: optax.GradientTransformation, state_shardings: TrainState, batch_sharding: NamedSharding
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+) -> jax.stages.Wrapped:
     """The train step as it runs: one jit over the mesh, the state donated, metrics replicated."""
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(
@@ -344,7 +374,7 @@ class Trainer:
 
     def global_batch(self, step: int) -> Batch:
         local = self.dataset.batch(step, self.run.batch_size, rows=self.local_rows)
-        return sharding.global_batch_from_local(local, self.batch_sharding, self.run.batch_size)
+        return sharding.global_batch_from_local(local, self.local_rows, self.batch_sharding, self.run.batch_size)
 
     def held_out_loss(self, split: str = "validation") -> float:
         """Mean per-token loss over the first `held_out.batches` validation batches (fixed order)."""
@@ -354,7 +384,7 @@ class Trainer:
                 local = {k: v[self.local_rows] for k, v in batch.items()}
                 s, c = self.eval_fn(
                     self._state().params,
-                    sharding.global_batch_from_local(local, self.batch_sharding, self.run.batch_size),
+                    sharding.global_batch_from_local(local, self.local_rows, self.batch_sharding, self.run.batch_size),
                 )
                 total, count = total + float(s), count + float(c)
         return total / max(count, 1.0)

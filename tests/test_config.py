@@ -23,6 +23,9 @@ def test_resumable_fields_are_marked_on_the_fields_and_nothing_else_may_change()
             "fewshot.tasks=piqa",
             "mesh.data=2",
             "run_dir=elsewhere",
+            "profile_steps=10:20",
+            "code_commit=0123abc",
+            "mesh.dcn=2",
         ],
     )
     assert config.changed_fields(saved, harmless) == {}
@@ -33,7 +36,18 @@ def test_resumable_fields_are_marked_on_the_fields_and_nothing_else_may_change()
         "model.n_layer": (2, 3),
     }
     resumable = {f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("resumable")}
-    assert resumable == {"mesh", "logging", "checkpoint", "held_out", "fewshot", "run_dir", "steps"}
+    assert resumable == {
+        "mesh",
+        "logging",
+        "checkpoint",
+        "held_out",
+        "fewshot",
+        "icl",
+        "run_dir",
+        "steps",
+        "profile_steps",
+        "code_commit",
+    }
 
 
 def test_derived_sizes_have_one_name_and_follow_what_they_derive_from():

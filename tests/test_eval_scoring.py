@@ -13,7 +13,7 @@ from jax.sharding import AxisType
 
 from eval.gptjax_lm import GptjaxLM
 from eval.requests import GenerationRequest
-from eval.scoring import BatchScorer, bucket_lengths, build_trees, scored_width
+from eval.scoring import HEAD_WIDTHS, BatchScorer, bucket_lengths, build_trees, head_calls
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.model import forward, init_params
 from gptjax.tokenizers import get_vocabulary
@@ -103,12 +103,12 @@ def test_batched_scorer_matches_naive_loop(params, sharded: bool) -> None:
         want_lp, want_greedy = _naive(params, ctx, cont)
         assert logprob == pytest.approx(want_lp, abs=1e-5, rel=1e-5)
         assert greedy == want_greedy
-    # Answer choices shared their context; a few compiled shapes, each (rows, bucket length, scored
-    # positions, scored targets); with a mesh, rows divide over 8.
+    # Answer choices shared their context; a few compiled body shapes (rows, bucket length), with a mesh
+    # rows dividing over 8; the head's calls have fixed widths, capped at a group's slots (8 groups of 64).
     assert scorer.stats.trees < scorer.stats.unique == 60
-    assert {length for _, length, _, _ in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
-    assert all(rows % (8 if sharded else 1) == 0 for rows, _, _, _ in scorer.stats.shapes)
-    assert all(w == scored_width(w, w) for _, _, *widths in scorer.stats.shapes for w in widths)
+    assert {length for _, length in scorer.stats.shapes} <= set(bucket_lengths(CFG.n_ctx))
+    assert all(rows % (8 if sharded else 1) == 0 for rows, _ in scorer.stats.shapes)
+    assert scorer.stats.head_widths <= ({64} if sharded else {min(w, 256) for w in HEAD_WIDTHS})
 
 
 def test_prefix_trees_and_vocab_slices_match_naive_loop_with_banded_attention(params) -> None:
@@ -142,22 +142,28 @@ def test_build_trees_shares_prefixes_within_the_window() -> None:
     long_ctx = list(range(100))
     trees = build_trees([(long_ctx, [1]), (long_ctx, [1, 2])], max_length=64)
     assert [t.prefix[0] for t in trees] == [36, 37]  # (context + continuation)[-65:]
+    # With tree_length, choices that fit a short row alone make short trees; a longer one is left to max_length.
+    trees = build_trees([(ctx, [v] * 5) for v in range(4)] + [(ctx, [9] * 30)], max_length=64, tree_length=24)
+    assert [(t.length, len(t.branches)) for t in trees] == [(10 + 4 + 4 + 4, 3), (10 + 4, 1), (10 + 29, 1)]
 
 
-def test_scored_width() -> None:
-    assert [scored_width(n, 1024) for n in (1, 5, 8, 9, 11, 17, 33, 180, 200, 257)] == [
-        1,
-        5,
-        8,
-        10,
-        12,
-        20,
-        40,
-        192,
-        224,
-        320,
-    ]
-    assert scored_width(200, 128) == 128
+def test_head_calls_use_fixed_widths_and_keep_each_target_with_its_position() -> None:
+    widths = [512, 256, 128, 64]
+    # One group, 600 positions (one target each): a full call of 512, then the smallest width for 88.
+    group = [(slot, slot % 7, slot // 10) for slot in range(600)]
+    calls = head_calls([group], widths)
+    assert [w for w, _, _ in calls] == [512, 128]
+    assert [t for _, _, targets in calls for t in targets[0]] == group
+    # A position predicting targets on both sides of a call boundary is in both calls; each call holds at most
+    # width positions and 2 * width targets.
+    shared = [(0, 1, 0)] + [(s, s, s) for s in range(1, 70)] + [(0, 2, 9)]
+    calls = head_calls([shared], [64])
+    assert [p[0] for _, p, _ in calls] == [list(range(64)), [64, 65, 66, 67, 68, 69, 0]]
+    many = [(5, t, t) for t in range(300)]  # one position, 300 targets: 2 * 64 per call
+    assert [len(t[0]) for _, _, t in head_calls([many], widths)] == [128, 128, 44]
+    # Two data-parallel groups share every call's width: the larger group decides.
+    calls = head_calls([group[:300], group[:40]], widths)
+    assert [w for w, _, _ in calls] == [512] and [len(p) for p in calls[0][1]] == [300, 40]
 
 
 def test_greedy_flag_is_true_for_the_argmax_continuation(params) -> None:
@@ -232,7 +238,7 @@ def test_generate_until_is_greedy_and_cut_at_stop_strings(params, byte_vocab) ->
 def test_models_with_equal_configs_share_compiled_programs(params, byte_vocab) -> None:
     """In-training evaluation builds a GptjaxLM per evaluation; it must not recompile every time."""
     first, second = (GptjaxLM(params, CFG, byte_vocab, batch_tokens=256) for _ in range(2))
-    assert first.scorer._score is second.scorer._score
+    assert first.scorer._body is second.scorer._body and first.scorer._head is second.scorer._head
 
 
 @pytest.mark.parametrize("option", ["batch_tokens", "pack_length", "vocab_slice"])

@@ -3,8 +3,9 @@
 One small random GPT-2 (the real 50257-token BPE) is exported with gptjax.hf and scored twice on the first
 LIMIT documents of HellaSwag, PIQA, ARC-Easy and LAMBADA at K=0 and K=2:
 
-- by lm-eval 0.4 (`lm_eval.simple_evaluate`, HF backend, fp32, offline) with task YAMLs written here that
-  mirror lm-eval's own (same templates, splits, delimiters, metrics) but read the shared JSONL files;
+- by lm-eval 0.4 (`lm_eval.simple_evaluate`, HF backend, fp32, offline) with task YAMLs that mirror lm-eval's
+  own (same templates, splits, delimiters, metrics; bench/eval_cold.py's LM_EVAL_TASKS) but read the shared
+  JSONL files;
 - by `eval.evaluate` with `GptjaxLM` on the same params and eval's built-in task definitions.
 
 Asserted for every (task, K): the same documents; the same prompts and continuations, character for character,
@@ -12,9 +13,9 @@ for every document (so the same few-shot examples: both sides use lm-eval's samp
 choice log-likelihood within ATOL; identical per-document acc / acc_norm (LAMBADA: greedy acc); identical
 aggregate accuracies (LAMBADA perplexity within ATOL, relative). Few-shot examples: HellaSwag, PIQA and ARC-
 Easy use eval's default `LmEvalSampler`, so this also checks that it reproduces lm-eval's draws. LAMBADA is
-the one deliberate difference (eval excludes the scored passage from its own examples; lm-eval does not), so
-its gptjax run replays lm-eval's rule through `sampler_factory` and the prompt comparison proves the examples
-are identical.
+the one deliberate difference (by default eval excludes the scored passage from its own examples; lm-eval
+does not), so its gptjax run uses `fewshot_exclusion="lm_eval"`, and the prompt comparison proves that option
+reproduces lm-eval's examples on a split that is both scored and sampled.
 
 The model is made non-trivial so the comparisons cannot pass vacuously: weights are large enough that
 choices get well-separated log-likelihoods and varied predictions, every LayerNorm and bias is randomised,
@@ -31,6 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
+import bench_scripts
 from requirements import need_data, need_modules
 
 lm_eval, _, _, _ = need_modules("lm_eval", "torch", "transformers", "datasets")
@@ -38,7 +40,6 @@ lm_eval, _, _, _ = need_modules("lm_eval", "torch", "transformers", "datasets")
 import jax  # noqa: E402
 
 from eval import GptjaxLM, evaluate  # noqa: E402
-from eval.fewshot import LmEvalSampler  # noqa: E402
 from eval.requests import encode_request  # noqa: E402
 from eval.task import Task  # noqa: E402
 from gptjax.config import ModelConfig  # noqa: E402
@@ -60,48 +61,9 @@ GPTJAX_BATCH_TOKENS = 160  # one or a few rows per batch: ~30% faster on CPU tha
 BENCHMARKS = data_dir() / "benchmarks"
 TOKENIZER_DIR = data_dir() / "tokenizers" / "gpt2"
 
-_MEAN = {"aggregation": "mean", "higher_is_better": True}
-# lm-eval's task YAMLs (lm_eval/tasks/<source>), reading our JSONL instead of the Hub. Keys not listed are
-# the ones that only concern the Hub dataset (dataset_path/name), decontamination, or metadata.
-LM_EVAL_MIRRORS = {
-    # hellaswag/hellaswag.yaml. The shared file is already what its process_docs returns (query, choices,
-    # gold = int(label)), so no process_docs and `{{gold}}` for `{{label}}`. No train split is shipped, so
-    # training_split is left out: lm-eval then draws examples from validation, as eval's fallback does.
-    "hellaswag": {
-        "splits": {"validation_split": "validation"},
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{query}}",
-        "doc_to_target": "{{gold}}",
-        "doc_to_choice": "choices",
-        "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
-    },
-    "piqa": {  # piqa/piqa.yaml
-        "splits": {"training_split": "train", "validation_split": "validation"},
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{goal}}\nAnswer:",
-        "doc_to_target": "label",
-        "doc_to_choice": "{{[sol1, sol2]}}",
-        "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
-    },
-    "arc_easy": {  # arc/arc_easy.yaml
-        "splits": {"training_split": "train", "validation_split": "validation", "test_split": "test"},
-        "output_type": "multiple_choice",
-        "doc_to_text": "Question: {{question}}\nAnswer:",
-        "doc_to_target": "{{choices.label.index(answerKey)}}",
-        "doc_to_choice": "{{choices.text}}",
-        "metric_list": [{"metric": "acc", **_MEAN}, {"metric": "acc_norm", **_MEAN}],
-    },
-    "lambada_openai": {  # lambada/lambada_openai.yaml
-        "splits": {"test_split": "test"},
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{text.split(' ')[:-1]|join(' ')}}",
-        "doc_to_target": "{{' '+text.split(' ')[-1]}}",
-        "metric_list": [
-            {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-            {"metric": "acc", **_MEAN},
-        ],
-    },
-}
+# lm-eval's task YAMLs (lm_eval/tasks/<source>), reading our JSONL instead of the Hub: bench/eval_cold.py's.
+eval_cold = bench_scripts.load("eval_cold")
+LM_EVAL_MIRRORS = ("hellaswag", "piqa", "arc_easy", "lambada_openai")
 CASES = [(task, k) for task in LM_EVAL_MIRRORS for k in SHOTS]
 
 need_data(*(f"benchmarks/{t}" for t in LM_EVAL_MIRRORS), "tokenizers/gpt2/encoder.json")
@@ -115,31 +77,11 @@ def write_lm_eval_yamls(out_dir, cache_dir) -> list[str]:
     """One lm-eval task per (task, K), with num_fewshot fixed in the YAML so one simple_evaluate runs all."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for task, mirror in LM_EVAL_MIRRORS.items():
-        splits = mirror["splits"]
-        data_files = {split: str(BENCHMARKS / task / f"{split}.jsonl") for split in splits.values()}
-        body = {k: v for k, v in mirror.items() if k != "splits"}
-        for k in SHOTS:
-            config = {
-                "task": _lm_eval_name(task, k),
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": data_files, "cache_dir": str(cache_dir)},
-                **splits,
-                **body,
-                "num_fewshot": k,
-                "metadata": {"version": 1.0},
-            }
-            (out_dir / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-            names.append(config["task"])
+    for task, k in CASES:
+        config = eval_cold.lm_eval_task(task, _lm_eval_name(task, k), cache_dir, num_fewshot=k)
+        (out_dir / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        names.append(config["task"])
     return names
-
-
-class LmEvalLambadaSampler(LmEvalSampler):
-    """lm-eval's draw for LAMBADA: its few-shot pool is the scored test split, but since no fewshot_split is
-    configured it does not drop the scored passage (eval's default does, deliberately)."""
-
-    def sample(self, n, eval_doc):
-        return super().sample(n, None)
 
 
 def parity_model() -> tuple[dict, ModelConfig]:
@@ -224,7 +166,7 @@ def gptjax_results(model):
     start = time.perf_counter()
     kwargs = dict(shots=SHOTS, limit=LIMIT, seed=SEED, data_dir=BENCHMARKS, bootstrap_iters=10)
     results = evaluate(lm, ["hellaswag", "piqa", "arc_easy"], **kwargs)["results"]
-    results += evaluate(lm, ["lambada_openai"], sampler_factory=LmEvalLambadaSampler, **kwargs)["results"]
+    results += evaluate(lm, ["lambada_openai"], fewshot_exclusion="lm_eval", **kwargs)["results"]
     print(
         f"\ngptjax eval: {time.perf_counter() - start:.1f}s, scorer {lm.scorer.stats.unique} requests in "
         f"{lm.scorer.stats.batches} batches"

@@ -39,6 +39,7 @@ def test_param_count_matches_real_pytree(name):
         ("gpt3-small", 125e6, 0.01),
         ("gpt3-medium", 350e6, 0.02),
         ("gpt3-large", 760e6, 0.02),
+        ("gpt3-xl", 1.3e9, 0.02),
         ("gpt3-2.7b", 2.7e9, 0.03),
         ("gpt3-6.7b", 6.7e9, 0.03),
         ("gpt3-13b", 13e9, 0.01),
@@ -50,12 +51,15 @@ def test_presets_match_published_sizes(name, published, tolerance):
     assert abs(total - published) <= tolerance * published
 
 
-def test_gpt3_xl_keeps_the_papers_inconsistent_attention_width():
-    # Table 2.1 lists 24 heads x d_head 128 (= 3072) for d_model 2048; taken literally that is 1.52B
-    # parameters, not the quoted 1.3B (which needs an attention width of 2048). We keep the table.
-    cfg = config.get_preset("gpt3-xl")
-    assert (cfg.n_head, cfg.d_head, cfg.d_attn) == (24, 128, 3072)
-    assert model.param_count(cfg).total == 1_517_123_584
+def test_gpt3_xl_is_the_1_3b_model_and_the_table_reading_is_a_variant():
+    # Table 2.1 lists 24 heads x d_head 128 (= 3072) for d_model 2048: taken literally that is 1.52B
+    # parameters, not the quoted 1.3B. gpt3-xl is the 1.3B shape (GPT-Neo 1.3B: 16 heads x 128 = d_model).
+    cfg, table = config.get_preset("gpt3-xl"), config.get_preset("gpt3-xl-table")
+    assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.d_attn) == (24, 2048, 16, 128, 2048)
+    assert model.param_count(cfg).total == 1_315_723_264
+    assert (table.n_head, table.d_head, table.d_attn) == (24, 128, 3072)
+    assert model.param_count(table).total == 1_517_123_584
+    assert dataclasses.replace(table, name="gpt3-xl", n_head=16) == cfg  # nothing else differs
 
 
 def test_gpt3_presets_record_paper_table():

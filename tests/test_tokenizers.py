@@ -1,5 +1,6 @@
 """Tokenizers: exact round trips, agreement of the TF and Python paths, and GPT-2 BPE against Hugging Face."""
 
+import json
 import pickle
 import shutil
 
@@ -9,6 +10,7 @@ import seqio
 import tensorflow as tf
 
 from gptjax.paths import data_path
+from gptjax.plain_tokenizers import TokenizerError, get_tokenizer, hf_dir_tokenizer
 from gptjax.tokenizers import (
     EOT,
     ByteVocabulary,
@@ -209,3 +211,44 @@ def test_get_vocabulary_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.model"):
         get_vocabulary(f"sentencepiece:{tmp_path / 'absent.model'}")
     assert get_vocabulary("byte") == ByteVocabulary()
+
+
+# --- plain tokenizers and Hugging Face model dirs ----------------------------------------------------------
+
+
+def test_plain_tokenizers_are_the_vocabularies_without_tensorflow(gpt2, tmp_path):
+    """Same names, ids and texts as the seqio vocabularies (inference uses these, training those)."""
+    model = train_sentencepiece([SHAKESPEARE], tmp_path / "sp", vocab_size=300)
+    for spec in ("byte", "gpt2", f"sentencepiece:{model}"):
+        plain, vocab = get_tokenizer(spec), get_vocabulary(spec)
+        assert (plain.name, plain.vocab_size, plain.eos_id) == (vocab.name, vocab.vocab_size, vocab.eos_id)
+        for text in VARIED:
+            ids = plain.encode(text)
+            assert ids == list(vocab.encode(text)), (spec, text)
+            with_eos = ids + [plain.eos_id] + ids
+            assert plain.decode(with_eos) == vocab.decode(with_eos)
+            assert plain.decode_all(with_eos) == vocab.decode_all(with_eos)
+
+
+def test_hf_dir_tokenizer_reads_tokenizer_json_as_transformers_saves_it(hf_gpt2, tmp_path):
+    """transformers 5 saves only tokenizer.json (+ tokenizer_config.json): the same GPT-2 BPE, same name."""
+    hf_gpt2.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "vocab.json").exists()
+    tokenizer = hf_dir_tokenizer(tmp_path / "saved")
+    assert tokenizer.name == get_tokenizer("gpt2").name and tokenizer.source.endswith("tokenizer.json")
+    assert all(tokenizer.encode(text) == hf_gpt2.encode(text) for text in VARIED)
+    assert hf_dir_tokenizer(tmp_path) is None  # no tokenizer files at all
+
+    spec = json.loads((tmp_path / "saved" / "tokenizer.json").read_text())
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    (tmp_path / "saved" / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(TokenizerError, match=r"not GPT-2's byte-level BPE: pre_tokenizer.add_prefix_space=True"):
+        hf_dir_tokenizer(tmp_path / "saved")
+    config = tmp_path / "saved" / "tokenizer_config.json"
+    config.write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    with pytest.raises(TokenizerError, match="tokenizer_class 'LlamaTokenizer' is not one of"):
+        hf_dir_tokenizer(tmp_path / "saved")
+    (tmp_path / "sp").mkdir()
+    (tmp_path / "sp" / "tokenizer.model").write_bytes(b"")
+    with pytest.raises(TokenizerError, match=r"holds \['tokenizer.model'\], not a GPT-2 BPE"):
+        hf_dir_tokenizer(tmp_path / "sp")

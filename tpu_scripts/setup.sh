@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# On every worker: mount the bucket, fetch the code at REPO_REF, install gptjax with JAX for TPU.
+# On every worker at once: check out the job's one commit of REPO_URL (resolved once, see resolve_commit;
+# a checkout that is not exactly that commit fails the worker), then `tpu_scripts/worker.sh setup` from
+# it: Python 3.11 and the exact versions of tpu_scripts/tpu.lock in .venv, and the data staged in the bucket.
+# --dry-run prints the gcloud commands instead.
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
-log "setting up $TPU_NAME: $REPO_URL@$REPO_REF, bucket $BUCKET at $MOUNT"
-on_all_workers "set -e
-sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
-mountpoint -q $MOUNT || gcsfuse --implicit-dirs $BUCKET $MOUNT
-if [ -d $REMOTE_DIR/.git ]; then git -C $REMOTE_DIR fetch -q origin; else git clone -q $REPO_URL $REMOTE_DIR; fi
-git -C $REMOTE_DIR checkout -q $REPO_REF && git -C $REMOTE_DIR pull -q --ff-only || true
-cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'
-mkdir -p $REMOTE_DIR/logs"
+COMMIT="$(resolve_commit)"
+log "setting up the $TPU_HOSTS worker(s) of $TPU_NAME at $COMMIT"
+# shellcheck disable=SC2016 # expanded on the worker
+checkout='set -e; checkout="$HOME/$REMOTE_DIR"; if [ ! -d "$checkout/.git" ]; then git init -q "$checkout"; git -C "$checkout" remote add origin "$REPO_URL"; fi; git -C "$checkout" fetch -q --depth=1 origin "$COMMIT"; git -C "$checkout" checkout -q --force --detach FETCH_HEAD; test "$(git -C "$checkout" rev-parse HEAD)" = "$COMMIT"; "$checkout/tpu_scripts/worker.sh" setup'
+on_workers "$(remote_env REPO_URL REMOTE_DIR COMMIT DATA_URL) $checkout"

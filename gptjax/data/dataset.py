@@ -15,14 +15,14 @@ g = step * batch_size + row:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import seqio
 
 from gptjax.config import ConfigError, DataConfig
 from gptjax.data import cache, packing, sampling, tasks
+from gptjax.rundir import PathLike, as_path
 from gptjax.tokenizers import get_vocabulary
 
 Batch = dict[str, np.ndarray]
@@ -32,7 +32,12 @@ class PackedDataset:
     """Rows of seq_len + 1 tokens from a task's (or mixture's) cached token streams (see packing.py)."""
 
     def __init__(
-        self, components: list[tasks.Component], vocab: seqio.Vocabulary, seq_len: int, seed: int, cache_dir: Path
+        self,
+        components: list[tasks.Component],
+        vocab: seqio.Vocabulary,
+        seq_len: int,
+        seed: int,
+        cache_dir: PathLike,
     ):
         self.vocab = vocab
         self.seq_len = seq_len
@@ -60,16 +65,16 @@ class PackedDataset:
     def num_rows(self, split: str = "train") -> int:
         return sum(self._rows_in(c, split) for c in range(len(self._components)))
 
-    def batch(self, step: int, batch_size: int, rows: slice = slice(None)) -> Batch:
-        """Rows `rows` of the global training batch at `step` (module docstring): inputs, targets,
-        segment_ids, positions (int32 [n, seq_len]) and loss_mask (float32 [n, seq_len])."""
+    def batch(self, step: int, batch_size: int, rows: Sequence[int] | np.ndarray | None = None) -> Batch:
+        """Rows `rows` (global row indices, in any order; default all) of the global training batch at `step`
+        (module docstring): inputs, targets, segment_ids, positions (int32 [n, seq_len]) and loss_mask
+        (float32 [n, seq_len]). A process of a multi-host run asks for the rows its devices hold."""
         if step < 0 or batch_size <= 0:
             raise ValueError(f"step must be >= 0 and batch_size > 0, got step={step}, batch_size={batch_size}")
-        start = 0 if rows.start is None else rows.start
-        stop = batch_size if rows.stop is None else rows.stop
-        if rows.step not in (None, 1) or not 0 <= start <= stop <= batch_size:
-            raise IndexError(f"rows={rows} is not a contiguous slice of the global batch of {batch_size} rows")
-        index = np.arange(start, stop)
+        index = np.arange(batch_size) if rows is None else np.asarray(rows, np.int64).reshape(-1)
+        outside = index[(index < 0) | (index >= batch_size)]
+        if len(outside):
+            raise IndexError(f"rows {outside.tolist()} are not rows of the global batch of {batch_size} rows")
         chosen = self._choose_components(step, index)
         global_index = step * batch_size + index
         row_ids = np.empty_like(global_index)
@@ -137,7 +142,7 @@ class PackedDataset:
         return self._streams[component, split]
 
 
-def make_dataset(data_cfg: DataConfig, seq_len: int, cache_dir: Path) -> PackedDataset:
+def make_dataset(data_cfg: DataConfig, seq_len: int, cache_dir: PathLike) -> PackedDataset:
     """The packed data of `data_cfg.task`, tokenising its train and validation splits into `cache_dir`
     unless already cached. Fails early on an unknown task, a missing corpus file, or a seq_len for
     which some component's training split does not fill one row."""
@@ -146,7 +151,7 @@ def make_dataset(data_cfg: DataConfig, seq_len: int, cache_dir: Path) -> PackedD
     if data_cfg.seed < 0:
         raise ConfigError(f"data.seed must be non-negative, got {data_cfg.seed}")
     components = tasks.components(data_cfg.task, data_cfg.vocab, data_cfg.tfds_data_dir)
-    dataset = PackedDataset(components, get_vocabulary(data_cfg.vocab), seq_len, data_cfg.seed, Path(cache_dir))
+    dataset = PackedDataset(components, get_vocabulary(data_cfg.vocab), seq_len, data_cfg.seed, as_path(cache_dir))
     if "train" not in dataset.splits:
         raise ConfigError(f"data.task {data_cfg.task!r} has no train split (splits: {list(dataset.splits)})")
     if "validation" in dataset.splits:

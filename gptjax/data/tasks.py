@@ -11,6 +11,12 @@ rates is the probability that any one training row comes from it, whatever the c
 small, curated corpus can be repeated for several epochs while a large one is not even seen once; over T
 training rows component c is seen about T * p_c / rows_c times. seqio's own `Mixture.get_dataset` uses
 the same rates; `gptjax.data.dataset` draws rows with them deterministically from (seed, step, row).
+
+A source may also be synthetic (gptjax.data.synthetic: in-context-learning tasks generated from a seed):
+its documents are token ids already, one per sequence, so its Task skips tokenisation.
+
+`data.task` may also name what `gptjax data filter|dedup|decontaminate` prepared, by path, alone or in a
+mixture spec with explicit rates (`resolve`), so a sweep trains on prepared corpora without code.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gptjax.config import ConfigError
+from gptjax.data.synthetic import FewShotClassification, Generator, LinearRegression, RepeatedTokens, SyntheticSource
 from gptjax.errors import InputNotFoundError
 from gptjax.paths import data_dir
+from gptjax.rundir import CorpusDir
 from gptjax.tokenizers import get_vocabulary
 
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_]+$")  # dots separate the parts of seqio Task names
@@ -145,7 +153,14 @@ class TfdsSource:
         return {"kind": "tfds", "name": self.tfds_name, "text_field": self.text_field, "data_dir": tfds_data_dir}
 
 
-Source = TextFileSource | TfdsSource
+def _synthetic_dataset(source: SyntheticSource) -> seqio.DataSource:
+    def dataset(split: str, shuffle_files: bool) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(source.arrays(split))
+
+    return seqio.FunctionDataSource(dataset, splits=source.splits)
+
+
+Source = TextFileSource | TfdsSource | SyntheticSource
 _SOURCES: dict[str, Source] = {}
 _MIXTURES: dict[str, dict[str, float]] = {}
 
@@ -184,6 +199,23 @@ def register_tfds_task(
     _add_source(name, TfdsSource(tfds_name, text_field, tuple(splits)))
 
 
+def register_synthetic_task(
+    name: str, generator: Generator, *, seed: int = 0, sizes: tuple[int, int, int] = (1 << 15, 1024, 1024)
+) -> None:
+    """Register a synthetic generator (gptjax.data.synthetic) as task `name`: `sizes` sequences in its
+    train, validation and test splits, generated from `seed`."""
+    _add_source(name, SyntheticSource(generator, seed, tuple(sizes)))  # type: ignore[arg-type]
+
+
+def synthetic_source(name: str) -> SyntheticSource:
+    """The synthetic source registered as `name` (probes draw their sequences from its generator)."""
+    source = _SOURCES.get(name)
+    if not isinstance(source, SyntheticSource):
+        synthetic = sorted(n for n, s in _SOURCES.items() if isinstance(s, SyntheticSource))
+        raise ConfigError(f"{name!r} is not a synthetic task; synthetic tasks: {', '.join(synthetic)}")
+    return source
+
+
 def register_mixture(name: str, rates: Mapping[str, float]) -> None:
     """Register a mixture of registered tasks; rates are relative sampling weights (module docstring)."""
     if not _SOURCE_NAME.match(name):
@@ -207,12 +239,71 @@ def task_names() -> list[str]:
     return sorted([*_SOURCES, *_MIXTURES])
 
 
-def _check_known(name: str) -> None:
-    if name not in _SOURCES and name not in _MIXTURES:
-        raise ConfigError(
-            f"unknown data.task {name!r}; valid tasks: {', '.join(sorted(_SOURCES))}; "
-            f"mixtures: {', '.join(sorted(_MIXTURES))}"
-        )
+def resolve(task: str) -> str:
+    """The registered name of a `data.task` value, which is a registered task or mixture, or, registered
+    on first use:
+    - a prepared corpus, by path: a directory `gptjax data` wrote (gptjax.rundir.CorpusDir) or a JSONL file
+      with a "text" field;
+    - a mixture spec `component:rate,component:rate,...` of registered tasks and prepared corpora, rates as
+      in register_mixture, e.g. `prep/cc_filtered:3,wikitext2:1`.
+    """
+    if task in _SOURCES or task in _MIXTURES:
+        return task
+    if "," in task or _RATE.search(task):
+        return _mixture_spec(task)
+    return _prepared_corpus(task)
+
+
+_RATE = re.compile(r":\s*[-+0-9.eE]+\s*$")
+
+
+def _unknown(task: str, detail: str = "") -> ConfigError:
+    return ConfigError(
+        f"unknown data.task {task!r}{detail}; valid tasks: {', '.join(sorted(_SOURCES))}; mixtures: "
+        f"{', '.join(sorted(_MIXTURES))}; or a prepared corpus by path (a `gptjax data` output directory or a "
+        ".jsonl file), or a mixture spec NAME_OR_PATH:RATE,..."
+    )
+
+
+def _prepared_corpus(task: str) -> str:
+    if "://" in task:
+        raise ConfigError(f"data.task {task!r}: training reads prepared corpora from local disk; copy it there first")
+    path = Path(task).expanduser().absolute()
+    if path.is_dir():
+        corpus = CorpusDir(path)
+        if not corpus.exists():
+            raise ConfigError(
+                f"data.task {task!r} is a directory but not a complete prepared corpus (no {corpus.report_file})"
+            )
+        path = Path(corpus.documents_file)
+    elif not (path.is_file() and path.suffix == ".jsonl"):
+        raise _unknown(task)
+    slug = re.sub(r"[^A-Za-z0-9_]", "_", path.parent.name if path.name == "documents.jsonl" else path.stem)
+    name = f"corpus_{slug[:40]}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    if name not in _SOURCES:
+        register_text_task(name, path, jsonl_field="text")
+    return name
+
+
+def _mixture_spec(spec: str) -> str:
+    rates: dict[str, float] = {}
+    for part in spec.split(","):
+        component, _, rate = part.strip().rpartition(":")
+        try:
+            value = float(rate)
+        except ValueError:
+            raise _unknown(spec, f" (its component {part.strip()!r} is not NAME_OR_PATH:RATE)") from None
+        name = resolve(component.strip())
+        if name in _MIXTURES or name in rates:
+            raise ConfigError(f"data.task {spec!r}: component {component!r} is a mixture or appears twice")
+        rates[name] = value
+    name = "mix_" + hashlib.sha256(json.dumps(list(rates.items())).encode()).hexdigest()[:8]
+    if name not in _MIXTURES:
+        try:
+            register_mixture(name, rates)
+        except ValueError as err:
+            raise ConfigError(f"data.task {spec!r}: {err}") from None
+    return name
 
 
 def _seqio_name(name: str, vocab: seqio.Vocabulary, tfds_data_dir: str) -> str:
@@ -228,6 +319,9 @@ def _source_task(name: str, vocab: seqio.Vocabulary, tfds_data_dir: str) -> seqi
     task_name = _seqio_name(name, vocab, tfds_data_dir)
     if task_name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(task_name)
+    source = _SOURCES[name]
+    if isinstance(source, SyntheticSource):
+        return _synthetic_task(task_name, name, source, vocab)
     return seqio.TaskRegistry.add(
         task_name,
         source=_SOURCES[name].seqio_source(tfds_data_dir),
@@ -240,9 +334,27 @@ def _source_task(name: str, vocab: seqio.Vocabulary, tfds_data_dir: str) -> seqi
     )
 
 
+def _synthetic_task(task_name: str, name: str, source: SyntheticSource, vocab: seqio.Vocabulary) -> seqio.Task:
+    """Token sequences as `targets` (plus EOS); a regression source's float `xs` and `ys` as they are."""
+    if isinstance(source.generator, LinearRegression):
+        values = seqio.PassThroughVocabulary(1)
+        features = {
+            "xs": seqio.Feature(values, add_eos=False, dtype=tf.float32, rank=2),
+            "ys": seqio.Feature(values, add_eos=False, dtype=tf.float32),
+        }
+        return seqio.TaskRegistry.add(task_name, source=_synthetic_dataset(source), output_features=features)
+    source.check_vocabulary(name, vocab.vocab_size, vocab.eos_id)
+    return seqio.TaskRegistry.add(
+        task_name,
+        source=_synthetic_dataset(source),
+        output_features={"targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32)},
+        preprocessors=[seqio.preprocessors.append_eos],
+    )
+
+
 def get_task(name: str, vocab_spec: str, tfds_data_dir: str = "") -> seqio.Task | seqio.Mixture:
-    """The seqio Task (or Mixture) for a registered name and vocabulary, registering it on first use."""
-    _check_known(name)
+    """The seqio Task (or Mixture) for a `data.task` value (see resolve) and vocabulary, registered on first use."""
+    name = resolve(name)
     vocab = get_vocabulary(vocab_spec)
     if name in _SOURCES:
         return _source_task(name, vocab, tfds_data_dir)
@@ -263,14 +375,22 @@ class Component:
 
 
 def components(name: str, vocab_spec: str, tfds_data_dir: str = "") -> list[Component]:
-    """The components of a registered task (one, rate 1) or mixture, in registration order.
+    """The components of a `data.task` value's task (one, rate 1) or mixture, in registration order.
 
     Raises InputNotFoundError, naming the path, if a component's corpus file is missing.
     """
-    _check_known(name)
+    name = resolve(name)
     get_task(name, vocab_spec, tfds_data_dir)
     vocab = get_vocabulary(vocab_spec)
     rates = _MIXTURES.get(name, {name: 1.0})
+    real_valued = [
+        s for s in rates if isinstance(_SOURCES[s], SyntheticSource) and _SOURCES[s].generator.kind != "tokens"
+    ]
+    if real_valued:
+        raise ConfigError(
+            f"data.task {name!r}: {real_valued} are real-valued synthetic tasks, not token streams; "
+            "train them with gptjax.regression (bench/icl_evidence.py shows how)"
+        )
     total = sum(rates.values())
     return [
         Component(_source_task(source, vocab, tfds_data_dir), rate / total, _SOURCES[source].fingerprint(tfds_data_dir))
@@ -289,3 +409,19 @@ register_tfds_task("tiny_shakespeare", "tiny_shakespeare")
 # The two corpora are about the same size; like GPT-3's upweighting of its curated sets, Shakespeare is
 # sampled three times as often, so it is seen for about three times as many epochs.
 register_mixture("shakespeare_wikitext", {"tinyshakespeare": 0.75, "wikitext2": 0.25})
+# Synthetic in-context-learning tasks (gptjax.data.synthetic; eval/icl probes them; bench/icl_evidence.py
+# trains on them). Byte-vocabulary ids; rows are whole sequences with seq_len = the generator's length.
+register_synthetic_task("repeat_tokens", RepeatedTokens())  # 32 random tokens, twice: 64 tokens (the probe)
+register_synthetic_task("repeat_tokens_varied", RepeatedTokens(min_segment=16))  # periods 16..32 (to train on)
+# Labels remapped in every sequence, bursty contexts of 2 classes x 4 (Chan et al. 2022's few-shot form).
+register_synthetic_task("fewshot_bursty", FewShotClassification())
+# The same classes in uniform (non-bursty) contexts: the query's class is rarely in the context.
+register_synthetic_task("fewshot_uniform", FewShotClassification(p_bursty=0.0))
+# Fixed labels, Zipfian classes, mostly bursty (Chan et al.'s data): many classes favour ICL, few favour IWL.
+register_synthetic_task(
+    "fewshot_zipf_many", FewShotClassification(n_classes=2048, labels="fixed", zipf=1.0, p_bursty=0.9, noise=0.1)
+)
+register_synthetic_task(
+    "fewshot_zipf_few", FewShotClassification(n_classes=32, labels="fixed", zipf=1.0, p_bursty=0.9, noise=0.1)
+)
+register_synthetic_task("linear_regression", LinearRegression())  # real-valued: gptjax.regression
