@@ -16,8 +16,8 @@ for regression, gptjax.regression; every figure is printed and bench/README.md r
    squares, 3-nearest-neighbours and averaging.
 
 Run from the repository root: `python bench/icl_evidence.py [--out DIR] [--only induction,fewshot,regression]`
-(about 10 minutes on 2 CPU cores). With --out, run directories, results files, the eval report of the
-probes and the plots stay there.
+(bench/README.md records how long each study took). With --out, run directories, results files, the eval
+report of the probes and the plots stay there.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from eval.results import load_results  # noqa: E402
 from gptjax import config, regression  # noqa: E402
 from gptjax.config import ICLConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
 from gptjax.data import tasks  # noqa: E402
+from gptjax.data.synthetic import LinearRegression  # noqa: E402
 from gptjax.hooks import add_standard_hooks  # noqa: E402
 from gptjax.rundir import RunDir  # noqa: E402
 from gptjax.train import Trainer  # noqa: E402
@@ -52,6 +53,7 @@ FEWSHOT_STEPS, SHOTS = 2000, (0, 1, 2, 4, 8)
 IWL_PRESET, IWL_TASKS = "tiny-200k", ("fewshot_zipf_few", "fewshot_zipf_many")
 REGRESSION = regression.RegressionConfig(
     model=ModelConfig(name="regression", vocab_size=1, n_ctx=24, n_layer=3, n_head=4, d_model=32),
+    task=LinearRegression(dim=5, points=12),
     steps=3000,
     batch_size=64,
     optim=OptimConfig(learning_rate=3e-3, warmup_steps=200, weight_decay=0.0),
@@ -102,9 +104,8 @@ def induction(out: Path) -> None:
         v = curves.values
         prefix = "icl/induction/0shot/"
         print(f"\n{cfg.name}: {INDUCTION_STEPS} steps x 32 x 64 tokens in {seconds:.0f} s")
-        print(
-            f"{'tokens':>9} {'induction':>9} {'prev-tok':>8} {'loss 1st copy':>13} {'loss repeats':>12} {'ICL score':>9}"
-        )
+        header = ("tokens", "induction", "prev-tok", "loss 1st copy", "loss repeats", "ICL score")
+        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (9, 9, 8, 13, 12, 9))))
         for i, tokens in enumerate(curves.tokens):
             if i % 3 == 2 or i == len(curves.tokens) - 1:
                 row = [
@@ -114,11 +115,12 @@ def induction(out: Path) -> None:
                 print(f"{tokens:9.0f} {row[0]:9.3f} {row[1]:8.3f} {row[2]:13.3f} {row[3]:12.3f} {v[ICL_SCORE][i]:9.3f}")
         final = load_results(_last(out / cfg.name)).result("induction", 0)
         assert final is not None
+        change = [curves.phase_change(key) or float("nan") for key in (INDUCTION, ICL_SCORE)]
         print(
             f"final: induction score {final.metrics['induction_score']:.3f} (uniform baseline "
-            f"{final.metrics['uniform_attention']:.3f}), copying score {final.metrics['copying_score']:.3f}, unigram entropy "
-            f"{np.log(94):.3f}; phase change at {curves.phase_change(INDUCTION) or float('nan'):.0f} tokens (induction "
-            f"score) and {curves.phase_change(ICL_SCORE) or float('nan'):.0f} tokens (ICL score)"
+            f"{final.metrics['uniform_attention']:.3f}), copying score {final.metrics['copying_score']:.3f}, "
+            f"unigram entropy {np.log(94):.3f}; phase change at {change[0]:.0f} tokens (induction score) and "
+            f"{change[1]:.0f} tokens (ICL score)"
         )
     for key, stem in ((INDUCTION, "induction_vs_tokens"), (ICL_SCORE, "icl_score_vs_tokens")):
         plot_over_tokens([load_curves(out / n) for n in ("attn-only-1L", "attn-only-2L")], key, out / stem)
@@ -137,9 +139,8 @@ def fewshot(out: Path) -> None:
         results = load_results(finals[-1])
         accs = [results.result("fewshot_bursty", k).metrics["acc"] for k in SHOTS]  # type: ignore[union-attr]
         print(f"{preset:>10} {FEWSHOT_STEPS:5d} {seconds:4.0f} " + " ".join(f"{a:6.3f}" for a in accs))
-    print(
-        f"chance = 1/{tasks.synthetic_source('fewshot_bursty').generator.n_labels} labels = 0.125; K=0 is the no-context baseline"
-    )
+    n_labels = tasks.synthetic_source("fewshot_bursty").generator.n_labels  # type: ignore[union-attr]
+    print(f"chance = 1/{n_labels} labels = {1 / n_labels:.3f}; K=0 is the no-context baseline")
     build_report([str(p) for p in finals], out / "fewshot_report")
 
     print("\n   In context or in weights: fixed labels, Zipfian classes (alpha 1), 90% bursty, noise 0.1")
@@ -157,7 +158,7 @@ def fewshot(out: Path) -> None:
 def linear_regression(out: Path) -> None:
     print("\n== 3. In-context linear regression (d = 5, no noise): squared error / d after k examples")
     source = tasks.synthetic_source(REGRESSION_TASK)
-    cfg = dataclasses.replace(REGRESSION, task=source.generator)
+    cfg = REGRESSION
     start = time.perf_counter()
     params, curve = regression.train(cfg, every=500)
     print(
@@ -171,9 +172,8 @@ def linear_regression(out: Path) -> None:
     for r in results:
         m = r["metrics"]
         theory = r["details"]["noise_free_lstsq_theory"]
-        print(
-            f"{r['num_fewshot']:3d} {m['normalized_mse']:7.3f} {m['lstsq_mse']:7.3f} {theory:6.3f} {m['knn3_mse']:7.3f} {m['averaging_mse']:7.3f}"
-        )
+        row = (m["normalized_mse"], m["lstsq_mse"], theory, m["knn3_mse"], m["averaging_mse"])
+        print(f"{r['num_fewshot']:3d} " + " ".join(f"{x:{w}.3f}" for x, w in zip(row, (7, 7, 6, 7, 7))))
 
 
 def main() -> None:
@@ -182,9 +182,7 @@ def main() -> None:
     parser.add_argument("--only", default="induction,fewshot,regression", help="comma-separated studies to run")
     args = parser.parse_args()
     if REGRESSION_TASK not in tasks.task_names():
-        from gptjax.data.synthetic import LinearRegression
-
-        tasks.register_synthetic_task(REGRESSION_TASK, LinearRegression(dim=5, points=12))
+        tasks.register_synthetic_task(REGRESSION_TASK, REGRESSION.task)
     studies = {"induction": induction, "fewshot": fewshot, "regression": linear_regression}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,11 +7,16 @@
   each run anneals its cosine schedule over its own length, so its intermediate losses are not what a
   run of that length would reach (Hoffmann et al., Figure A1); the curves are still drawn for context.
 - L(N, D): every run's final held-out loss, N non-embedding parameters, D tokens.
+- IsoFLOP profiles (Hoffmann et al.'s Approach 2): the runs of a sweep's compute budgets ([axes].flops),
+  grouped by the budget they were planned at (their actual FLOPs differ by the rounding to whole steps),
+  beside Approach 3 (L(N, D)) fitted to the same runs.
+- The prediction check (the GPT-4 report's predictable scaling): every law refitted without the runs of the
+  largest model, and what those fits predict for it against the loss it reached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,4 +120,104 @@ def fit_laws(records: Sequence[dict[str, Any]], *, n_boot: int = 200, seed: int 
     return results
 
 
-__all__ = ["Curve", "LawFit", "compute_frontier_points", "fit_laws", "load_curves"]
+@dataclass(frozen=True)
+class IsoFlop:
+    """Approach 2 on the runs planned at a compute budget, and Approach 3 (L(N, D)) on the same runs."""
+
+    points: tuple[int, ...]
+    profiles: tuple[fits.IsoFlopProfile, ...]  # also when N_opt ∝ C^a cannot be fitted to them
+    fit: fits.IsoFlopFit | None
+    error: str | None
+    approach3: LawFit | None  # None when there are no budgeted runs
+    approach3_n_opt: tuple[float, ...]  # L(N, D)'s N_opt along each profile, when L(N, D) is fitted
+
+    def approach3_allocation(self) -> dict[str, tuple[float, float]]:
+        """a and b that L(N, D) implies, with their bootstrap standard deviations (NaN with no refits)."""
+        assert self.approach3 is not None and self.approach3.fit is not None
+        fit = self.approach3.fit
+        samples = [fits.chinchilla_allocation(fits.Fit(fit.law, r, {}, 0, 0, 0.0)) for r in fit.refits]
+        return {
+            name: (value, float(np.std([s[name] for s in samples], ddof=1)) if len(samples) > 1 else float("nan"))
+            for name, value in fits.chinchilla_allocation(fit).items()
+        }
+
+
+def fit_isoflop(
+    records: Sequence[dict[str, Any]], budgets: Mapping[str, float], laws: Mapping[str, LawFit], *, n_boot: int = 200
+) -> IsoFlop:
+    """Approach 2 on the records whose run name has a planned budget in `budgets`; Approach 3 is `laws`'
+    L(N, D) when those are all the records, else refitted to them."""
+    points = tuple(i for i, r in enumerate(records) if r["name"] in budgets)
+    if not points:
+        return IsoFlop(points, (), None, "the sweep plans no compute budgets ([axes].flops)", None, ())
+    rs = [records[i] for i in points]
+    columns = [[r[k] for r in rs] for k in ("non_embedding_params", "tokens", "final_eval_loss")]
+    profiles: tuple[fits.IsoFlopProfile, ...] = ()
+    fit, error = None, None
+    try:
+        profiles = fits.isoflop_profiles([budgets[r["name"]] for r in rs], *columns)
+        fit = fits.fit_isoflop([budgets[r["name"]] for r in rs], *columns, n_boot=n_boot)
+    except fits.FitError as err:
+        error = str(err)
+    if len(points) == len(records):
+        approach3 = laws["L(N, D)"]
+    else:
+        data = f"final held-out loss of the {len(points)} run(s) at a planned compute budget"
+        try:
+            approach3 = LawFit(laws["L(N, D)"].law, data, points, fits.fit_chinchilla(*columns, n_boot=n_boot), None)
+        except fits.FitError as err:
+            approach3 = LawFit(laws["L(N, D)"].law, data, points, None, str(err))
+    n_opt = tuple(fits.chinchilla_n_opt(approach3.fit, p) for p in profiles) if approach3.fit is not None else ()
+    return IsoFlop(points, profiles, fit, error, approach3, n_opt)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A law fitted without the largest model, what it predicts for one of that model's runs, and the loss
+    the run reached; `interval` spans the 2.5th to 97.5th percentiles of the bootstrap refits' predictions."""
+
+    law: str
+    run: str
+    predicted: float
+    interval: tuple[float, float]
+    reached: float
+
+
+def predict_largest(
+    records: Sequence[dict[str, Any]], *, n_boot: int = 200, seed: int = 0
+) -> tuple[dict[str, LawFit], list[Prediction]]:
+    """Every law fitted to the runs of all but the largest model, and their predictions for its runs: L(N, D)
+    for each, L(N) (with and without E) for those trained on the token count the L(N) fits used."""
+    largest = max(r["non_embedding_params"] for r in records)
+    rest = [r for r in records if r["non_embedding_params"] < largest]
+    if not rest:
+        return {}, []
+    laws = fit_laws(rest, n_boot=n_boot, seed=seed)
+    predictions = []
+    for r in (r for r in records if r["non_embedding_params"] == largest):
+        for name in ("L(N)", "L(N) with E", "L(N, D)"):
+            fit = laws[name].fit
+            if fit is None or (name != "L(N, D)" and r["tokens"] != rest[laws[name].points[0]]["tokens"]):
+                continue
+            args = (r["non_embedding_params"], r["tokens"]) if name == "L(N, D)" else (r["non_embedding_params"],)
+            samples = fit.predict_refits(*args)
+            interval = (
+                (float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5)))
+                if len(samples) >= 2
+                else (float("nan"), float("nan"))
+            )
+            predictions.append(Prediction(name, r["name"], float(fit.predict(*args)), interval, r["final_eval_loss"]))
+    return laws, predictions
+
+
+__all__ = [
+    "Curve",
+    "IsoFlop",
+    "LawFit",
+    "Prediction",
+    "compute_frontier_points",
+    "fit_isoflop",
+    "fit_laws",
+    "load_curves",
+    "predict_largest",
+]

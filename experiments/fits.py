@@ -21,6 +21,7 @@ the sweep's variables; it is the one table the analysis, plots and report read t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class Fit:
     n_points: int
     n_bootstrap: int  # bootstrap refits that converged
     rms_log_residual: float  # root-mean-square of log L - log L_fit
+    refits: tuple[dict[str, float], ...] = ()  # the bootstrap refits' parameters, for derived quantities
 
     def predict(self, x: np.ndarray | float, d: np.ndarray | float | None = None) -> np.ndarray:
         """The law's loss at x (or at N = x and D = d for the Chinchilla law)."""
@@ -99,6 +101,10 @@ class Fit:
         if d is None:
             raise FitError("the Chinchilla law needs the token count d as well as the parameter count")
         return p["E"] + p["A"] / x ** p["alpha"] + p["B"] / np.asarray(d, dtype=float) ** p["beta"]
+
+    def predict_refits(self, x: np.ndarray | float, d: np.ndarray | float | None = None) -> np.ndarray:
+        """`predict` under each bootstrap refit's parameters, one row per refit."""
+        return np.array([dataclasses.replace(self, params=refit).predict(x, d) for refit in self.refits])
 
 
 def _columns(*columns: Sequence[float], names: Sequence[str]) -> list[np.ndarray]:
@@ -177,9 +183,8 @@ def fit_power_law(x: Sequence[float], loss: Sequence[float], *, n_boot: int = 10
     log_fitted = np.polyval(np.polyfit(log_x, log_loss, 1), log_x)
     residuals = log_loss - log_fitted
     refits = _bootstrap(lambda y: _power_law_params(log_x, y), log_fitted, residuals, 2, n_boot, seed)
-    return Fit(
-        "power_law", params, _stderr(refits, params), len(x_arr), len(refits), float(np.sqrt(np.mean(residuals**2)))
-    )
+    rms = float(np.sqrt(np.mean(residuals**2)))
+    return Fit("power_law", params, _stderr(refits, params), len(x_arr), len(refits), rms, tuple(refits))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -268,9 +273,8 @@ def _fit_lse(
         n_boot,
         seed,
     )
-    return Fit(
-        law, params, _stderr(refits, params), log_xs.shape[1], len(refits), float(np.sqrt(np.mean(residuals**2)))
-    )
+    rms = float(np.sqrt(np.mean(residuals**2)))
+    return Fit(law, params, _stderr(refits, params), log_xs.shape[1], len(refits), rms, tuple(refits))
 
 
 def fit_saturating_power_law(
@@ -319,6 +323,145 @@ def fit_chinchilla(
     )
 
 
+# ---------------------------------------------------------------------------------------------------------
+# IsoFLOP profiles (Hoffmann et al., Approach 2): at each compute budget, a parabola of the final loss in
+# log N, its minimum N_opt, and D_opt where the budget's runs put it; then N_opt ∝ C^a and D_opt ∝ C^b by
+# least squares in log-log space. Uncertainty is the residual bootstrap of the module doc applied to each
+# parabola (loss residuals resampled within their budget), carried through the minima to a and b; a budget
+# with exactly 3 sizes has no residual, so it contributes no spread (and with every budget so, no error).
+
+
+@dataclass(frozen=True)
+class IsoFlopProfile:
+    """One budget's runs and L = c2 (ln N)^2 + c1 ln N + c0 fitted to them by least squares."""
+
+    budget: float
+    n: tuple[float, ...]
+    d: tuple[float, ...]
+    loss: tuple[float, ...]
+    coef: tuple[float, float, float]  # (c2, c1, c0)
+    d_line: tuple[float, float]  # ln D = u ln N + v through the budget's runs (u = -1 when C = 6ND)
+    n_opt: float  # exp(-c1 / 2 c2); NaN when the parabola opens downwards (c2 <= 0: no minimum)
+    d_opt: float
+    loss_opt: float
+
+    @property
+    def interior(self) -> bool:
+        """The minimum lies within the sizes trained (outside, it is an extrapolation)."""
+        return bool(min(self.n) <= self.n_opt <= max(self.n))
+
+    def d_at(self, n: np.ndarray | float) -> np.ndarray:
+        """The tokens a run of size n gets at this budget."""
+        u, v = self.d_line
+        return np.exp(u * np.log(np.asarray(n, dtype=float)) + v)
+
+
+@dataclass(frozen=True)
+class IsoFlopFit:
+    """The profiles, and N_opt = k_N C^a, D_opt = k_D C^b over the budgets with a minimum."""
+
+    profiles: tuple[IsoFlopProfile, ...]
+    params: dict[str, float]  # a, k_N, b, k_D
+    stderr: dict[str, float]
+    interval: dict[str, tuple[float, float]]  # 2.5th and 97.5th percentiles of the bootstrap refits
+    n_bootstrap: int
+
+
+def _profile(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> IsoFlopProfile:
+    x = np.log(n)
+    c2, c1, c0 = (float(c) for c in np.polyfit(x, loss, 2))
+    u, v = (float(c) for c in np.polyfit(x, np.log(d), 1))
+    if c2 > 0:
+        x_opt = -c1 / (2 * c2)
+        n_opt, d_opt, loss_opt = float(np.exp(x_opt)), float(np.exp(u * x_opt + v)), c0 - c1**2 / (4 * c2)
+    else:
+        n_opt = d_opt = loss_opt = float("nan")
+    return IsoFlopProfile(
+        budget, tuple(n.tolist()), tuple(d.tolist()), tuple(loss.tolist()), (c2, c1, c0), (u, v), n_opt, d_opt, loss_opt
+    )
+
+
+def _allocation(profiles: Sequence[IsoFlopProfile]) -> dict[str, float]:
+    """a, k_N, b, k_D by least squares on ln N_opt, ln D_opt against ln C over the profiles with a minimum."""
+    usable = [p for p in profiles if np.isfinite(p.n_opt)]
+    if len({p.budget for p in usable}) < 2:
+        raise FitError(f"only {len(usable)} budget(s) have a loss minimum (a parabola opening upwards); need 2")
+    log_c = np.log([p.budget for p in usable])
+    a, log_k_n = np.polyfit(log_c, np.log([p.n_opt for p in usable]), 1)
+    b, log_k_d = np.polyfit(log_c, np.log([p.d_opt for p in usable]), 1)
+    return {"a": float(a), "k_N": float(np.exp(log_k_n)), "b": float(b), "k_D": float(np.exp(log_k_d))}
+
+
+def isoflop_profiles(
+    budget: Sequence[float], n: Sequence[float], d: Sequence[float], loss: Sequence[float]
+) -> tuple[IsoFlopProfile, ...]:
+    """The parabola of each budget's runs, by increasing budget; at least 3 distinct sizes per budget."""
+    c, n_arr, d_arr, loss_arr = _columns(budget, n, d, loss, names=("budget", "N", "D", "loss"))
+    groups = {float(b): np.flatnonzero(c == b) for b in np.unique(c)}
+    for b, idx in groups.items():
+        if len(np.unique(n_arr[idx])) < 3:
+            raise FitError(
+                f"an IsoFLOP parabola needs at least 3 distinct sizes per budget; budget {b:.3g} has "
+                f"{len(np.unique(n_arr[idx]))}"
+            )
+    return tuple(_profile(b, n_arr[i], d_arr[i], loss_arr[i]) for b, i in groups.items())
+
+
+def fit_isoflop(
+    budget: Sequence[float],
+    n: Sequence[float],
+    d: Sequence[float],
+    loss: Sequence[float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> IsoFlopFit:
+    """Hoffmann et al.'s Approach 2 on runs labelled with their compute budget (see the section comment);
+    needs at least 3 distinct sizes at each of at least 2 budgets."""
+    profiles = isoflop_profiles(budget, n, d, loss)
+    if len(profiles) < 2:
+        raise FitError(f"N_opt ∝ C^a needs at least 2 compute budgets; got {len(profiles)}")
+    params = _allocation(profiles)
+    rng = np.random.default_rng(seed)
+    fitted = [np.polyval(p.coef, np.log(p.n)) for p in profiles]
+    scaled = [
+        (np.array(p.loss) - f) * np.sqrt(len(f) / (len(f) - 3)) if len(f) > 3 else np.zeros_like(f)
+        for p, f in zip(profiles, fitted)
+    ]
+    refits = []
+    for _ in range(n_boot):
+        resampled = [
+            _profile(p.budget, np.array(p.n), np.array(p.d), f + rng.choice(r, size=len(r), replace=True))
+            for p, f, r in zip(profiles, fitted, scaled)
+        ]
+        try:
+            refits.append(_allocation(resampled))
+        except FitError:
+            continue
+    interval = {
+        name: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(refits) >= 2 else (np.nan, np.nan)
+        for name in params
+        for v in [np.array([r[name] for r in refits])]
+    }
+    return IsoFlopFit(profiles, params, _stderr(refits, params), interval, len(refits))
+
+
+def chinchilla_allocation(fit: Fit) -> dict[str, float]:
+    """The exponents L(N, D) implies for C ∝ N D (Hoffmann et al.): a = β / (α + β), b = α / (α + β)."""
+    alpha, beta = fit.params["alpha"], fit.params["beta"]
+    return {"a": beta / (alpha + beta), "b": alpha / (alpha + beta)}
+
+
+def chinchilla_n_opt(fit: Fit, profile: IsoFlopProfile) -> float:
+    """The N minimising L(N, D) along the budget's runs (D = profile.d_at(N)), searched over 6 decades of N
+    around the sizes trained."""
+    low, high = np.log(min(profile.n)) - 3 * np.log(10), np.log(max(profile.n)) + 3 * np.log(10)
+    result = optimize.minimize_scalar(
+        lambda x: float(fit.predict(np.exp(x), profile.d_at(np.exp(x)))), bounds=(low, high), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
 def compute_frontier(compute: Sequence[float], loss: Sequence[float]) -> np.ndarray:
     """Indices of the points no other point beats with less or equal compute, by increasing compute
     (Kaplan et al.'s compute-efficient frontier)."""
@@ -339,9 +482,15 @@ __all__ = [
     "SCALING_LAWS",
     "Fit",
     "FitError",
+    "IsoFlopFit",
+    "IsoFlopProfile",
     "ScalingLaw",
+    "chinchilla_allocation",
+    "chinchilla_n_opt",
     "compute_frontier",
     "fit_chinchilla",
+    "fit_isoflop",
     "fit_power_law",
     "fit_saturating_power_law",
+    "isoflop_profiles",
 ]

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
-from experiments.analysis import Curve, LawFit
-from gptjax.reporting import human, new_axes, plot_style, save_figure, sequential_colours
+from experiments.analysis import Curve, IsoFlop, LawFit
+from gptjax.reporting import human, new_axes, plot_style, pm, save_figure, sequential_colours
 
 _HEIGHT = 4.4  # inches; a little taller than gptjax.reporting's default, for the legends inside the axes
 _FIT_COLOUR = "#d62728"
@@ -86,6 +87,15 @@ def _legend(ax: Axes, handles: Sequence[Any]) -> None:
     ax.legend(handles=list(handles), loc="best", frameon=True, facecolor="white", edgecolor="none", framealpha=0.9)
 
 
+def _finish(fig: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, handles: Sequence[Any], stem: Path) -> Path:
+    """Label the axes, add the legend and save the figure; returns the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    _legend(ax, handles)
+    return save_figure(fig, stem)
+
+
 def plot_loss_vs_params(records: Sequence[dict[str, Any]], laws: Mapping[str, LawFit], stem: Path) -> Path:
     """Final held-out loss against non-embedding parameters, one marker per token budget, with L(N)."""
     fig, ax = new_axes(_HEIGHT)
@@ -113,11 +123,15 @@ def plot_loss_vs_params(records: Sequence[dict[str, Any]], laws: Mapping[str, La
         if law.fit is not None:
             handles += ax.plot(n, law.fit.predict(n), style, color=colour, linewidth=1.4, label=_fit_label(law, params))
     _loglog(ax, sorted(colours))
-    ax.set_xlabel("Non-embedding parameters N")
-    ax.set_ylabel("Final held-out loss (nats/token)")
-    ax.set_title("Loss against model size")
-    _legend(ax, handles)
-    return save_figure(fig, stem)
+    return _finish(
+        fig,
+        ax,
+        "Non-embedding parameters N",
+        "Final held-out loss (nats/token)",
+        "Loss against model size",
+        handles,
+        stem,
+    )
 
 
 def plot_loss_vs_compute(
@@ -155,11 +169,7 @@ def plot_loss_vs_compute(
             c, law.fit.predict(c), "-", color=_FIT_COLOUR, linewidth=1.4, label=_fit_label(law, ["alpha"])
         )
     _loglog(ax)
-    ax.set_xlabel("Training FLOPs C")
-    ax.set_ylabel("Held-out loss (nats/token)")
-    ax.set_title("Loss against compute")
-    _legend(ax, handles)
-    return save_figure(fig, stem)
+    return _finish(fig, ax, "Training FLOPs C", "Held-out loss (nats/token)", "Loss against compute", handles, stem)
 
 
 def plot_learning_curves(records: Sequence[dict[str, Any]], curves: Sequence[Curve], stem: Path) -> Path:
@@ -174,11 +184,15 @@ def plot_learning_curves(records: Sequence[dict[str, Any]], curves: Sequence[Cur
         ax.plot(curve.tokens, curve.loss, style, color=colour, linewidth=0.7, alpha=0.3)
         ax.plot(curve.eval_tokens, curve.eval_loss, style, color=colour, linewidth=1.3, marker="o", markersize=3)
     _loglog(ax)
-    ax.set_xlabel("Tokens seen")
-    ax.set_ylabel("Loss (nats/token)")
-    ax.set_title("Learning curves")
-    _legend(ax, [*_size_handles(records, marker="o", markersize=3), *_budget_handles(styles, "linestyle")])
-    return save_figure(fig, stem)
+    return _finish(
+        fig,
+        ax,
+        "Tokens seen",
+        "Loss (nats/token)",
+        "Learning curves",
+        [*_size_handles(records, marker="o", markersize=3), *_budget_handles(styles, "linestyle")],
+        stem,
+    )
 
 
 def plot_loss_vs_tokens(records: Sequence[dict[str, Any]], laws: Mapping[str, LawFit], stem: Path) -> Path:
@@ -207,17 +221,103 @@ def plot_loss_vs_tokens(records: Sequence[dict[str, Any]], laws: Mapping[str, La
             Line2D([], [], linestyle="--", color=_SECOND_FIT_COLOUR, label=_fit_label(law, ["alpha", "beta"]))
         )
     _loglog(ax, sorted({r["tokens"] for r in records}))
-    ax.set_xlabel("Training tokens D")
-    ax.set_ylabel("Final held-out loss (nats/token)")
-    ax.set_title("Loss against data")
-    _legend(ax, handles)
-    return save_figure(fig, stem)
+    return _finish(fig, ax, "Training tokens D", "Final held-out loss (nats/token)", "Loss against data", handles, stem)
+
+
+def plot_isoflop_profiles(isoflop: IsoFlop, stem: Path) -> Path:
+    """Final held-out loss against N at each compute budget, the parabola in log N and its minimum; crosses:
+    L(N, D)'s optimum along the same budget (Approach 3)."""
+    fig, ax = new_axes(_HEIGHT)
+    colours = sequential_colours([p.budget for p in isoflop.profiles])
+    handles = []
+    for i, profile in enumerate(isoflop.profiles):
+        colour = colours[profile.budget]
+        ax.scatter(profile.n, profile.loss, color=colour, s=40, edgecolors="black", linewidths=0.5, zorder=3)
+        n = _span(profile.n, pad=1.15)
+        handles += ax.plot(
+            n, np.polyval(profile.coef, np.log(n)), "-", color=colour, label=f"C = {human(profile.budget)}"
+        )
+        if np.isfinite(profile.n_opt):
+            ax.scatter(
+                [profile.n_opt], [profile.loss_opt], marker="*", s=160, color=colour, edgecolors="black", zorder=4
+            )
+        if isoflop.approach3_n_opt:
+            n3 = isoflop.approach3_n_opt[i]
+            ax.scatter([n3], [np.polyval(profile.coef, np.log(n3))], marker="x", s=60, color="black", zorder=5)
+    handles += [
+        Line2D(
+            [],
+            [],
+            marker="*",
+            linestyle="",
+            color="#777777",
+            markeredgecolor="black",
+            markersize=11,
+            label="parabola minimum (Approach 2)",
+        ),
+        Line2D([], [], marker="x", linestyle="", color="black", label="L(N, D) optimum (Approach 3)"),
+    ]
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    return _finish(
+        fig, ax, "Non-embedding parameters N", "Final held-out loss (nats/token)", "IsoFLOP profiles", handles, stem
+    )
+
+
+def plot_isoflop_optima(isoflop: IsoFlop, stem: Path) -> Path:
+    """N_opt and D_opt against compute: the parabola minima with N_opt = k_N C^a and D_opt = k_D C^b."""
+    assert isoflop.fit is not None
+    fit = isoflop.fit
+    fig, ax = new_axes(_HEIGHT)
+    profiles = [p for p in fit.profiles if np.isfinite(p.n_opt)]
+    c = _span([p.budget for p in profiles], pad=1.25)
+    handles = []
+    for key, exponent, values, colour, label in (
+        ("k_N", "a", [p.n_opt for p in profiles], _FIT_COLOUR, "N_opt"),
+        ("k_D", "b", [p.d_opt for p in profiles], _SECOND_FIT_COLOUR, "D_opt"),
+    ):
+        ax.scatter([p.budget for p in profiles], values, color=colour, s=40, edgecolors="black", zorder=3)
+        power = fit.params[key] * c ** fit.params[exponent]
+        handles += ax.plot(
+            c,
+            power,
+            "--",
+            color=colour,
+            label=f"{label} ∝ C^{exponent}, {exponent} = {pm(fit.params[exponent], fit.stderr[exponent])}",
+        )
+    if isoflop.approach3_n_opt:
+        handles.append(
+            ax.scatter(
+                [p.budget for p in fit.profiles],
+                isoflop.approach3_n_opt,
+                marker="x",
+                s=60,
+                color="black",
+                zorder=4,
+                label="N_opt of L(N, D) (Approach 3)",
+            )
+        )
+    _loglog(ax)
+    return _finish(
+        fig,
+        ax,
+        "Compute budget C (FLOPs)",
+        "Parameters N_opt, tokens D_opt",
+        "Compute-optimal allocation",
+        handles,
+        stem,
+    )
 
 
 def draw_plots(
-    records: Sequence[dict[str, Any]], curves: Sequence[Curve], laws: Mapping[str, LawFit], plots_dir: Path
+    records: Sequence[dict[str, Any]],
+    curves: Sequence[Curve],
+    laws: Mapping[str, LawFit],
+    plots_dir: Path,
+    isoflop: IsoFlop | None = None,
 ) -> dict[str, Path]:
-    """Every plot the records support, by name -> PNG path (loss_vs_tokens needs two token counts)."""
+    """Every plot the records support, by name -> PNG path (loss_vs_tokens needs two token counts, the IsoFLOP
+    plots `isoflop`'s profiles and its fit)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     with plot_style():
         plots = {
@@ -227,11 +327,17 @@ def draw_plots(
         }
         if len({r["tokens"] for r in records}) >= 2:
             plots["loss_vs_tokens"] = plot_loss_vs_tokens(records, laws, plots_dir / "loss_vs_tokens")
+        if isoflop is not None and isoflop.profiles:
+            plots["isoflop_profiles"] = plot_isoflop_profiles(isoflop, plots_dir / "isoflop_profiles")
+        if isoflop is not None and isoflop.fit is not None:
+            plots["isoflop_optima"] = plot_isoflop_optima(isoflop, plots_dir / "isoflop_optima")
     return plots
 
 
 __all__ = [
     "draw_plots",
+    "plot_isoflop_optima",
+    "plot_isoflop_profiles",
     "plot_learning_curves",
     "plot_loss_vs_compute",
     "plot_loss_vs_params",

@@ -13,14 +13,17 @@ optim.learning_rate = 3e-3
 [axes]
 presets = ["tiny-25k", "tiny-80k"]     # model sizes (or [base].preset: one of the two)
 steps = [100, 200]                     # training lengths, or instead:
-# tokens = [1e5, 2e5]                  # token budgets: steps = ceil(tokens / (batch_size * seq_len))
+# tokens = [1e5, 2e5]                  # token budgets: steps = ceil(tokens / (batch_size * seq_len)), or:
+# flops = [1e12, 4e12]                 # compute budgets (IsoFLOP profiles): every preset at every budget,
+                                       # steps = round(flops / (flops_per_token * batch_size * seq_len))
 seeds = [0, 1]                         # RunConfig.seed (initialisation and dropout); the data order is fixed
 ```
 
-Points are the product presets x steps (or tokens) x seeds, in that order, each named
-`<preset>_<steps>steps_seed<seed>` (or `<preset>_<tokens>tok_seed<seed>`), so a point keeps its name and
-run directory when other values are added to an axis. A point's preset is only looked up when the point
-runs, so one bad value fails that point alone; everything else in the file is checked on loading.
+Points are the product presets x steps (or tokens, or flops) x seeds, in that order, each named
+`<preset>_<steps>steps_seed<seed>` (or `<preset>_<tokens>tok_seed<seed>`, `<preset>_<flops>flops_seed<seed>`),
+so a point keeps its name and run directory when other values are added to an axis. A point's preset is only
+looked up when the point runs, so one bad value fails that point alone; everything else in the file is checked
+on loading.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from typing import Any
 
 from gptjax.config import ConfigError, RunConfig, apply_table, flatten, get_preset
 from gptjax.errors import GptjaxError, InputNotFoundError
+from gptjax.model import flops_per_token
 from gptjax.rundir import PathLike, as_path
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sweeps"
 _TOP_KEYS = {"name", "description", "base", "axes"}
-_AXIS_KEYS = {"presets", "steps", "tokens", "seeds"}
+_AXIS_KEYS = {"presets", "steps", "tokens", "flops", "seeds"}
 _SET_BY_SWEEP = {"run_dir", "steps", "seed"}  # keys the sweep sets itself; overriding them is an error
 
 
@@ -48,13 +52,15 @@ class SweepFileError(GptjaxError, ValueError):
 
 @dataclass(frozen=True)
 class Point:
-    """One run of a sweep: a model preset trained for a number of steps or a token budget from one seed."""
+    """One run of a sweep: a model preset trained for a number of steps, a token or a compute budget from
+    one seed."""
 
     name: str
     preset: str
     seed: int
-    steps: int | None  # exactly one of steps and tokens is set
+    steps: int | None  # exactly one of steps, tokens and flops is set
     tokens: int | None
+    flops: float | None = None  # training FLOPs by gptjax.model.FLOPS_CONVENTION
 
     def run_config(self, sweep: Sweep, run_dir: Path) -> RunConfig:
         """The full run config of this point (raises ConfigError for an unknown preset)."""
@@ -62,9 +68,12 @@ class Point:
             RunConfig(model=get_preset(self.preset)), {**sweep.base, "run_dir": os.fspath(run_dir), "seed": self.seed}
         )
         steps = self.steps
-        if steps is None:
-            assert self.tokens is not None
-            steps = math.ceil(self.tokens / (run.batch_size * run.sequence_length))
+        per_step = run.batch_size * run.sequence_length
+        if self.tokens is not None:
+            steps = math.ceil(self.tokens / per_step)
+        elif self.flops is not None:
+            steps = max(1, round(self.flops / (flops_per_token(run.model, run.sequence_length) * per_step)))
+        assert steps is not None
         return apply_table(run, {"steps": steps})
 
 
@@ -133,6 +142,12 @@ def _tokens_label(tokens: int) -> str:
     return str(tokens)
 
 
+def _flops_label(flops: float) -> str:
+    """3e9 -> 3e9, 1.25e12 -> 1.25e12: scientific notation without the '+' and leading zeros of '%g'."""
+    mantissa, _, exponent = f"{flops:.4e}".partition("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def load_sweep(path: PathLike) -> Sweep:
     """Parse and check a sweep file, local or gs:// (see the module docstring for its format)."""
     path = as_path(path)
@@ -173,25 +188,28 @@ def load_sweep(path: PathLike) -> Sweep:
         presets = [base["preset"]]
     steps = _list(axes, "steps", int, f"{where} [axes]")
     tokens = _list(axes, "tokens", (int, float), f"{where} [axes]")
-    if (steps is None) == (tokens is None):
-        raise SweepFileError(f"{where} [axes] must give exactly one of steps and tokens")
+    flops = _list(axes, "flops", (int, float), f"{where} [axes]")
+    if sum(axis is not None for axis in (steps, tokens, flops)) != 1:
+        raise SweepFileError(f"{where} [axes] must give exactly one of steps, tokens and flops")
     seeds = _list(axes, "seeds", int, f"{where} [axes]") or [0]
     if any(t != int(t) for t in tokens or []):
         raise SweepFileError(f"{where} [axes].tokens must be whole numbers of tokens, got {tokens}")
-    for key, values in (("steps", steps), ("tokens", tokens), ("seeds", seeds)):
+    for key, values in (("steps", steps), ("tokens", tokens), ("flops", flops), ("seeds", seeds)):
         bad = [v for v in values or [] if v < (0 if key == "seeds" else 1)]
         if bad:
             raise SweepFileError(f"{where} [axes].{key} must be {'>= 0' if key == 'seeds' else 'positive'}, got {bad}")
 
-    lengths: list[tuple[int | None, int | None, str]] = (
-        [(s, None, f"{s}steps") for s in steps]
+    lengths: list[tuple[int | None, int | None, float | None, str]] = (
+        [(s, None, None, f"{s}steps") for s in steps]
         if steps is not None
-        else [(None, int(t), f"{_tokens_label(int(t))}tok") for t in tokens or []]
+        else [(None, int(t), None, f"{_tokens_label(int(t))}tok") for t in tokens]
+        if tokens is not None
+        else [(None, None, float(f), f"{_flops_label(float(f))}flops") for f in flops or []]
     )
     points = tuple(
-        Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t)
+        Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t, f)
         for preset in presets
-        for s, t, label in lengths
+        for s, t, f, label in lengths
         for seed in seeds
     )
     return Sweep(name, description, config, points, text)

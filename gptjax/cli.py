@@ -130,9 +130,11 @@ FORWARDED = {
     "data": ("gptjax.cli", "data_command", "prepare corpora: quality filter, dedup, decontaminate, stats"),
     "eval": ("eval.cli", "eval_command", "zero/one/few-shot evaluation of a checkpoint"),
     "icl": ("eval.icl.runs", "icl_command", "in-context-learning probes of a checkpoint: K-shot, induction heads"),
+    "finetune": ("gptjax.finetune.run", "finetune_command", "GPT-1 supervised fine-tuning on a labelled task"),
     "report": ("eval.report", "report_command", "Markdown + HTML report from results JSON files"),
     "tokenizer": ("gptjax.tokenizers", "tokenizer_command", "train a SentencePiece vocabulary"),
     "sweep": ("experiments.cli", "sweep_command", "run a model-size/tokens sweep, fit scaling laws, report"),
+    "align": ("gptjax.rlhf.cli", "align_command", "InstructGPT's SFT -> reward model -> PPO(-ptx) on the toy task"),
 }
 
 

@@ -328,6 +328,23 @@ class HeldOutConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """GPT-1 supervised fine-tuning (gptjax/finetune): the labelled task ("" = not a fine-tuning run), the
+    weight λ of the auxiliary LM loss on the transformed labelled text (L3 = L2 + λ·L1; 0 = the
+    classification loss alone) and the dropout on the extract token's state before the linear head."""
+
+    task: str = ""
+    aux_lm_weight: float = 0.5
+    clf_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.aux_lm_weight < 0:
+            raise ConfigError(f"finetune.aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
+        if not 0 <= self.clf_dropout < 1:
+            raise ConfigError(f"finetune.clf_dropout must be in [0, 1), got {self.clf_dropout}")
+
+
+@dataclass(frozen=True)
 class FewShotConfig:
     """Few-shot evaluation during training (eval/ task names): results go to <run_dir>/eval/<step>.json and
     their metrics into metrics.jsonl / TensorBoard as eval/<task>/<K>shot/<metric>."""
@@ -387,6 +404,7 @@ class RunConfig:
     held_out: HeldOutConfig = resumable(HeldOutConfig())
     fewshot: FewShotConfig = resumable(FewShotConfig())
     icl: ICLConfig = resumable(ICLConfig())
+    finetune: FinetuneConfig = FinetuneConfig()
     run_dir: str = resumable("runs/default")  # where the run lives, not what it computes
     steps: int = resumable(300)
     # "START:END": a jax.profiler trace of steps START+1..END into <run_dir>/profile/ ("" = none).
@@ -607,6 +625,7 @@ __all__ = [
     "DEFAULT_RULES",
     "DataConfig",
     "FewShotConfig",
+    "FinetuneConfig",
     "ICLConfig",
     "HeldOutConfig",
     "LoggingConfig",

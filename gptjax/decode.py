@@ -107,6 +107,11 @@ def _stop_length(window: Array, table: Array, table_lengths: Array) -> Array:
     return jnp.max(jnp.where(hit, table_lengths, 0), axis=-1)
 
 
+def _mask_padding(logits: Array, n_valid: Array) -> Array:
+    """Logits of ids >= n_valid (a vocabulary padded beyond the tokenizer's) at -inf: never chosen."""
+    return jnp.where(jnp.arange(logits.shape[-1]) < n_valid, logits, -jnp.inf)
+
+
 def _prefill_all_but_last(
     params: Params, cfg: ModelConfig, tokens: Array, lengths: Array, max_new_tokens: int
 ) -> Cache:
@@ -126,6 +131,7 @@ def _sample_loop(
     lengths: Array,
     stop_table: Array,
     stop_lengths: Array,
+    n_valid: Array,
     rng: Array | None,
     temperature: Array,
     *,
@@ -151,7 +157,7 @@ def _sample_loop(
     def step(state: dict[str, Any]) -> dict[str, Any]:
         t, done = state["t"], state["done"]
         logits, cache = decode_step(params, cfg, state["last"], lengths - 1 + t, state["cache"])
-        token = choose(logits, t)
+        token = choose(_mask_padding(logits, n_valid), t)
         window = jnp.concatenate([state["window"][:, 1:], token[:, None]], axis=1)
         stop = _stop_length(window, stop_table, stop_lengths)
         newly_done = ~done & ((stop > 0) | (t + 1 == max_new_tokens))
@@ -196,6 +202,7 @@ def _beam_loop(
     lengths: Array,
     stop_table: Array,
     stop_lengths: Array,
+    n_valid: Array,
     length_penalty: Array,
     *,
     cfg: ModelConfig,
@@ -217,7 +224,7 @@ def _beam_loop(
     def step(state: dict[str, Any]) -> dict[str, Any]:
         t, done = state["t"], state["done"]
         logits, cache = decode_step(params, cfg, state["last"], beam_lengths - 1 + t, state["cache"])
-        logits = logits.reshape(batch, k, -1)
+        logits = _mask_padding(logits, n_valid).reshape(batch, k, -1)
         # Each beam's best 2k continuations, ranked on the logits so ties break as greedy's argmax does;
         # then the best 2k overall, so k can stay alive even if k of them finish.
         _, beam_tokens = jax.lax.top_k(logits, 2 * k)
@@ -309,6 +316,7 @@ def generate(
     include_stop: bool = False,
     left_truncate: bool = False,
     pad_multiple: int = 64,
+    valid_vocab: int | None = None,
 ) -> list[list[int]]:
     """The new tokens for each prompt, at most `max_new_tokens` of them.
 
@@ -318,7 +326,8 @@ def generate(
     same samples. `method="beam"` returns the best of `num_beams` hypotheses by sum(log p) / length **
     length_penalty (length counts stop tokens); one beam with length_penalty=0 is exactly greedy. A prompt
     longer than n_ctx - max_new_tokens is an error unless `left_truncate`, which keeps its last tokens.
-    Prompt lengths are padded up to a multiple of `pad_multiple` to limit recompilation.
+    Prompt lengths are padded up to a multiple of `pad_multiple` to limit recompilation. With `valid_vocab`,
+    ids >= valid_vocab (padding rows of the embedding, which no tokenizer decodes) are never generated.
     """
     if method not in ("greedy", "sample", "beam"):
         raise ValueError(f"method={method!r}; valid methods are 'greedy', 'sample', 'beam'")
@@ -344,6 +353,9 @@ def generate(
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if pad_multiple < 1:
         raise ValueError(f"pad_multiple={pad_multiple} must be >= 1")
+    n_valid = cfg.vocab_size if valid_vocab is None else valid_vocab
+    if not 2 * num_beams <= n_valid <= cfg.vocab_size:
+        raise ValueError(f"valid_vocab={valid_vocab} must be in [2 * num_beams, vocab_size={cfg.vocab_size}]")
     if not prompts:
         raise ValueError("no prompts to generate from")
     _check_tokens("prompt", prompts, cfg.vocab_size)
@@ -380,6 +392,7 @@ def generate(
             lengths,
             stop_table,
             stop_lengths,
+            jnp.int32(n_valid),
             jnp.float32(length_penalty),
             cfg=cfg,
             max_new_tokens=max_new_tokens,
@@ -392,6 +405,7 @@ def generate(
             lengths,
             stop_table,
             stop_lengths,
+            jnp.int32(n_valid),
             rng if method == "sample" else None,
             jnp.float32(temperature),
             cfg=cfg,
@@ -425,7 +439,8 @@ def generate_text(
     Stop strings are matched on the decoded text, so one inside a merged token ("\\n\\n" for "\\n") or
     spread over tokens still cuts there. Rows stop early on a stop string's own encoding or on any single
     token whose text contains one; for that the vocabulary is decoded token by token, once per vocabulary
-    object (which must be hashable). Other keyword arguments go to `generate`.
+    object (which must be hashable). Only ids the vocabulary decodes are generated (`valid_vocab`). Other
+    keyword arguments go to `generate`.
     """
     until = [s for s in until if s]
     # seqio vocabularies expose their size; the model's vocab_size may be padded beyond it.
@@ -440,7 +455,7 @@ def generate_text(
         stop_sequences=[s for s in stops if s],
         eos_id=eos_id,
         include_stop=True,
-        **kwargs,
+        **{"valid_vocab": len(texts), **kwargs},
     )
     results = []
     for ids in outputs:

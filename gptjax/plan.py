@@ -119,7 +119,8 @@ class Plan:
         micro = f", {_batch(self.per_chip_batch / n_micro)} per micro-batch" if n_micro > 1 else ""
         lines = [
             f"{self.model} on {self.target} ({self.chips} chips on {self.hosts} host(s){hbm}), mesh {mesh}",
-            f"batch {a.batch_size} sequences of {self.seq_len} ({_batch(self.per_chip_batch)} per chip{micro}); {knobs}",
+            f"batch {a.batch_size} sequences of {self.seq_len} ({_batch(self.per_chip_batch)} per chip{micro});"
+            f" {knobs}",
             f"per chip: {_memory_line(a, self.hbm_bytes)}",
         ]
         if self.largest_batch is not None:

@@ -14,6 +14,7 @@ gptjax's AdamW and schedule. eval.icl.regression scores it against least squares
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +96,8 @@ def predict(params: Any, cfg: ModelConfig, xs: np.ndarray, ys: np.ndarray) -> np
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _predict(params: Any, xs: jax.Array, ys: jax.Array, cfg: ModelConfig) -> jax.Array:
-    return RegressionGPT(cfg).apply({"params": params}, layout(xs, ys))[:, 0::2]
+    predictions = typing.cast(jax.Array, RegressionGPT(cfg).apply({"params": params}, layout(xs, ys)))
+    return predictions[:, 0::2]
 
 
 def init_params(cfg: RegressionConfig) -> Any:

@@ -9,6 +9,7 @@ saved run config with a new one.
 <run_dir>/checkpoints/<step>/  orbax
 <run_dir>/eval/<step>.json     eval results at that step
 <run_dir>/icl/<step>.json      in-context-learning probe results at that step (eval/icl; same format)
+<run_dir>/finetune.json        a fine-tuning run's validation accuracy (gptjax/finetune)
 <run_dir>/sweep_point.json     the wall time a sweep runner spent on this run
 <run_dir>/heartbeat.json       {"step", "time", "host"}: rewritten while training (tpu_scripts' keep-alive
                                loop relaunches a slice whose heartbeat goes stale)
@@ -171,6 +172,7 @@ class RunDir(_Directory):
     checkpoints_dir = _Entry("checkpoints")
     eval_dir = _Entry("eval")
     icl_dir = _Entry("icl")
+    finetune_file = _Entry("finetune.json")
     sweep_point_file = _Entry("sweep_point.json")
     heartbeat_file = _Entry("heartbeat.json")
     profile_dir = _Entry("profile")

@@ -27,8 +27,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from gptjax import model, sharding
 from gptjax.checkpoint import Checkpointer
-from gptjax.config import RunConfig
-from gptjax.data import PackedDataset, make_dataset
+from gptjax.config import ModelConfig, RunConfig
+from gptjax.data import make_dataset
 from gptjax.errors import ConfigError, GptjaxError
 from gptjax.rundir import RunDir, as_path
 
@@ -112,21 +112,28 @@ def chunked_cross_entropy_sum(
     return total
 
 
-def token_loss_sums(
-    params: Any, batch: Batch, run: RunConfig, dropout_rng: jax.Array | None
-) -> tuple[jax.Array, jax.Array]:
-    """(sum of fp32 token cross-entropies, number of loss tokens) for one (micro-)batch; with
-    `model.loss_chunk`, the LM head and loss run over chunks of positions (the same sums)."""
-    cfg = run.model
-    outputs = model.forward(
+def forward_batch(
+    params: Any, cfg: ModelConfig, batch: Batch, dropout_rng: jax.Array | None, return_features: bool = False
+) -> jax.Array:
+    """`model.forward` on a packed batch's inputs, segments and positions (logits, or final features)."""
+    return model.forward(
         params,
         batch["inputs"],
         cfg,
         segment_ids=batch["segment_ids"],
         positions=batch["positions"],
         dropout_rng=dropout_rng,
-        return_features=bool(cfg.loss_chunk),
+        return_features=return_features,
     )
+
+
+def token_loss_sums(
+    params: Any, batch: Batch, run: RunConfig, dropout_rng: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """(sum of fp32 token cross-entropies, number of loss tokens) for one (micro-)batch; with
+    `model.loss_chunk`, the LM head and loss run over chunks of positions (the same sums)."""
+    cfg = run.model
+    outputs = forward_batch(params, cfg, batch, dropout_rng, return_features=bool(cfg.loss_chunk))
     mask = batch["loss_mask"].astype(jnp.float32)
     if cfg.loss_chunk:
         embedding = model.output_embedding(params, cfg)
@@ -139,9 +146,36 @@ def _uses_dropout(run: RunConfig) -> bool:
     return max(m.embd_dropout, m.attn_dropout, m.resid_dropout) > 0
 
 
+LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
+"""(params, micro-batch, dropout key or None) -> (summed loss, summed metrics). The metrics hold "count",
+what the loss is a sum over (tokens, examples): the step divides the loss, the gradients and every other
+metric by the count summed over all micro-batches, so accumulation equals the full-batch mean exactly."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a run trains: its loss and its parameter tree (initialiser and logical axes, which shard it).
+    Pre-training is `lm_objective`; fine-tuning (gptjax/finetune) adds a head and its own loss."""
+
+    loss_fn: LossFn
+    init_params: Callable[[jax.Array], Any]  # a PRNG key -> parameters
+    logical_axes: Callable[[], Any]  # a tree of PartitionSpecs (logical names) in the parameters' shape
+
+
+def lm_objective(run: RunConfig) -> Objective:
+    """The language-modelling loss on `model.init_params`' parameters."""
+
+    def loss_fn(params: Any, batch: Batch, rng: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        total, count = token_loss_sums(params, batch, run, rng)
+        return total, {"count": count}
+
+    return Objective(loss_fn, lambda key: model.init_params(run.model, key), lambda: model.logical_axes(run.model))
+
+
 def make_train_step(
-    run: RunConfig, tx: optax.GradientTransformation
+    run: RunConfig, tx: optax.GradientTransformation, objective: Objective | None = None
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    loss_fn = (objective or lm_objective(run)).loss_fn
     schedule = learning_rate_schedule(run)
     n_micro = run.micro_batches
 
@@ -151,22 +185,24 @@ def make_train_step(
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), _DROPOUT), state.step)
-        # Gradients of the summed token loss; dividing by the total token count afterwards makes
-        # accumulation over micro-batches exactly the full-batch gradient.
-        grad_fn = jax.value_and_grad(lambda p, mb, k: token_loss_sums(p, mb, run, k), has_aux=True)
+        # Gradients of the summed loss; dividing by the total count afterwards makes accumulation over
+        # micro-batches exactly the full-batch gradient.
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-        def micro(carry: tuple[Any, jax.Array, jax.Array], xs: tuple[Batch, jax.Array]):
-            grads, loss_sum, count = carry
+        def micro(carry: tuple[Any, jax.Array, dict[str, jax.Array]], xs: tuple[Batch, jax.Array]):
+            grads, loss_sum, sums = carry
             mb, m = xs
             key = jax.random.fold_in(step_key, m) if _uses_dropout(run) else None
-            (loss, tokens), g = grad_fn(state.params, mb, key)
-            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, count + tokens), None
+            (loss, aux), g = grad_fn(state.params, mb, key)
+            return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, jax.tree.map(jnp.add, sums, aux)), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         micro_batches = jax.tree.map(split_micro, batch)
-        totals = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grads, loss_sum, count), _ = jax.lax.scan(micro, totals, (micro_batches, jnp.arange(n_micro)))
-        count = jnp.maximum(count, 1.0)
+        first = jax.tree.map(lambda x: x[0], micro_batches)
+        aux_shape = jax.eval_shape(loss_fn, state.params, first, None)[1]
+        totals = (zeros, jnp.zeros((), jnp.float32), jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
+        (grads, loss_sum, sums), _ = jax.lax.scan(micro, totals, (micro_batches, jnp.arange(n_micro)))
+        count = jnp.maximum(sums.pop("count"), 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = loss_sum / count
         grad_norm = optax.tree.norm(grads)
@@ -186,35 +222,55 @@ def make_train_step(
             "loss": loss,
             "grad_norm": grad_norm,
             "learning_rate": schedule(state.step),
-            "loss_tokens": count,
+            "loss_count": count,
             "finite": finite,
+            **{name: value / count for name, value in sums.items()},
         }
         return new_state, metrics
 
     return step_fn
 
 
-def make_eval_step(run: RunConfig) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
-    return lambda params, batch: token_loss_sums(params, batch, run, None)
+def make_eval_step(
+    run: RunConfig, objective: Objective | None = None
+) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
+    """(params, batch) -> (summed loss, count) without dropout."""
+    loss_fn = (objective or lm_objective(run)).loss_fn
+
+    def eval_step(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        total, sums = loss_fn(params, batch, None)
+        return total, sums["count"]
+
+    return eval_step
 
 
 def init_state(
-    run: RunConfig, tx: optax.GradientTransformation, rng: jax.Array, params: Any | None = None
+    run: RunConfig,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    params: Any | None = None,
+    objective: Objective | None = None,
 ) -> TrainState:
     """A fresh train state (new parameters unless `params` are given, e.g. imported weights)."""
     if params is None:
-        params = model.init_params(run.model, jax.random.fold_in(jax.random.wrap_key_data(rng), _INIT))
+        init = (objective or lm_objective(run)).init_params
+        params = init(jax.random.fold_in(jax.random.wrap_key_data(rng), _INIT))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
 
-def abstract_state(run: RunConfig, tx: optax.GradientTransformation) -> TrainState:
-    return jax.eval_shape(lambda: init_state(run, tx, jax.random.key_data(jax.random.key(run.seed))))
+def abstract_state(run: RunConfig, tx: optax.GradientTransformation, objective: Objective | None = None) -> TrainState:
+    # The key is made inside eval_shape: `gptjax plan` calls this under a mesh of TPU devices it cannot run on.
+    return jax.eval_shape(
+        lambda: init_state(run, tx, jax.random.key_data(jax.random.key(run.seed)), objective=objective)
+    )
 
 
-def state_shardings(run: RunConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+def state_shardings(
+    run: RunConfig, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, objective: Objective | None = None
+) -> TrainState:
     """NamedShardings for the whole train state: optimizer moments follow their parameters' logical axes."""
-    abstract = abstract_state(run, tx)
-    param_specs = model.logical_axes(run.model)
+    abstract = abstract_state(run, tx, objective)
+    param_specs = (objective or lm_objective(run)).logical_axes()
     opt_specs = optax.tree_map_params(
         tx,
         lambda _, spec: spec,
@@ -228,26 +284,34 @@ def state_shardings(run: RunConfig, tx: optax.GradientTransformation, mesh: jax.
     return sharding.shardings_for(specs, abstract, mesh, run.mesh.rules)
 
 
-def restore_target(run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+def restore_target(
+    run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState, objective: Objective | None = None
+) -> TrainState:
     """Abstract arrays carrying the *current* mesh's shardings: orbax reshards onto them on restore."""
     return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state(run, tx), shardings
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state(run, tx, objective), shardings
     )
 
 
-def init_sharded_state(run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+def init_sharded_state(
+    run: RunConfig, tx: optax.GradientTransformation, shardings: TrainState, objective: Objective | None = None
+) -> TrainState:
     """A fresh state created directly in its shardings (never whole on one device), seeded by `run.seed`."""
     rng = jax.random.key_data(jax.random.key(run.seed))
-    return jax.jit(lambda r: init_state(run, tx, r), out_shardings=shardings)(rng)
+    return jax.jit(lambda r: init_state(run, tx, r, objective=objective), out_shardings=shardings)(rng)
 
 
 def jit_train_step(
-    run: RunConfig, tx: optax.GradientTransformation, state_shardings: TrainState, batch_sharding: NamedSharding
+    run: RunConfig,
+    tx: optax.GradientTransformation,
+    state_shardings: TrainState,
+    batch_sharding: NamedSharding,
+    objective: Objective | None = None,
 ) -> jax.stages.Wrapped:
     """The train step as it runs: one jit over the mesh, the state donated, metrics replicated."""
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(
-        make_train_step(run, tx),
+        make_train_step(run, tx, objective),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
@@ -271,6 +335,17 @@ def write_initial_checkpoint(run: RunConfig, params: Any) -> RunDir:
     checkpointer.wait()
     checkpointer.close()
     return run_dir
+
+
+class TrainData(Protocol):
+    """What the Trainer reads batches from: `gptjax.data.PackedDataset`, or e.g. gptjax/finetune's labelled examples.
+    `vocab.vocab_size` is the number of token ids the data uses."""
+
+    vocab: Any
+
+    def batch(self, step: int, batch_size: int, rows: Any = None) -> Any: ...
+
+    def eval_batches(self, batch_size: int, max_batches: int, split: str = "validation") -> Iterator[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -312,9 +387,14 @@ class Trainer:
     """
 
     def __init__(
-        self, run: RunConfig, dataset: PackedDataset | None = None, devices: list[jax.Device] | None = None
+        self,
+        run: RunConfig,
+        dataset: TrainData | None = None,
+        devices: list[jax.Device] | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.run = run
+        self.objective = objective or lm_objective(run)
         self.run_dir = RunDir(run.run_dir)
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.rules = run.mesh.rules
@@ -335,11 +415,11 @@ class Trainer:
                 f"micro-batch size {run.batch_size // run.micro_batches} (batch_size={run.batch_size} "
                 f"/ micro_batches={run.micro_batches}) is not divisible by the data-parallel size {dp}"
             )
-        self.state_shardings = state_shardings(run, self.tx, self.mesh)
+        self.state_shardings = state_shardings(run, self.tx, self.mesh, self.objective)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.step_fn = jit_train_step(run, self.tx, self.state_shardings, self.batch_sharding)
+        self.step_fn = jit_train_step(run, self.tx, self.state_shardings, self.batch_sharding, self.objective)
         self.eval_fn = jax.jit(
-            make_eval_step(run),
+            make_eval_step(run, self.objective),
             in_shardings=(self.state_shardings.params, self.batch_sharding),
             out_shardings=(replicated, replicated),
         )
@@ -364,10 +444,11 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is not None:
             log.info("resuming from %s at step %d", self.checkpointer.directory, latest)
-            self.state = self.checkpointer.restore(latest, restore_target(self.run, self.tx, self.state_shardings))
+            target = restore_target(self.run, self.tx, self.state_shardings, self.objective)
+            self.state = self.checkpointer.restore(latest, target)
         else:
             with jax.set_mesh(self.mesh):
-                self.state = init_sharded_state(self.run, self.tx, self.state_shardings)
+                self.state = init_sharded_state(self.run, self.tx, self.state_shardings, self.objective)
         return self.step
 
     # -- batches -----------------------------------------------------------------------------------------
@@ -383,7 +464,7 @@ class Trainer:
             for batch in self.dataset.eval_batches(self.run.batch_size, self.run.held_out.batches, split=split):
                 local = {k: v[self.local_rows] for k, v in batch.items()}
                 s, c = self.eval_fn(
-                    self._state().params,
+                    self.current_state().params,
                     sharding.global_batch_from_local(local, self.local_rows, self.batch_sharding, self.run.batch_size),
                 )
                 total, count = total + float(s), count + float(c)
@@ -393,9 +474,10 @@ class Trainer:
 
     @property
     def step(self) -> int:
-        return int(jax.device_get(self._state().step))
+        return int(jax.device_get(self.current_state().step))
 
-    def _state(self) -> TrainState:
+    def current_state(self) -> TrainState:
+        """The train state, for hooks and callers that evaluate it (an error before restore_or_init)."""
         if self.state is None:
             raise RuntimeError("the train state is not there yet: call restore_or_init() or train() first")
         return self.state
@@ -429,14 +511,14 @@ class Trainer:
             self.checkpointer.wait()  # an error never abandons a save that is already in flight
         if self.step >= self.run.steps and is_writer:
             self.run_dir.mark_done()  # tpu_scripts' keep-alive loop and sweeps stop here
-        return self._state()
+        return self.current_state()
 
     def _loop(self, start: int) -> None:
         """Steps from `start`; hooks after each. When the run ends by a stop requested during a step's hooks,
         the final hooks that did not run at that step run once more, with `final` set."""
         pending: tuple[int, jax.Array] | None = None  # the finite flag of the previous step, read one step late
         for step in range(start, self.run.steps):
-            self.state, metrics = self.step_fn(self._state(), self.global_batch(step))
+            self.state, metrics = self.step_fn(self.current_state(), self.global_batch(step))
             self._check_finite(pending)
             pending = (step + 1, metrics["finite"])
             final = step + 1 == self.run.steps or self.stop_requested or self.checkpointer.reached_preemption(step + 1)

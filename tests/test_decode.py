@@ -163,6 +163,24 @@ def test_wider_beam_finds_at_least_greedys_log_prob(random_params):
     assert any(b > g + 1e-2 for b, g in zip(beam_lp, greedy_lp)), "beam never beat greedy: test is vacuous"
 
 
+def test_beam_finds_the_exhaustive_best_two_token_continuation(random_params):
+    """Every one of the 64 * 64 two-token continuations scored by the uncached forward (log p(a) + log p(b | a),
+    one row per first token a): 32 beams keep half the first tokens, enough here for beam search to return
+    the true maximum, which greedy misses."""
+    cfg, vocab = RANDOM_CFG, RANDOM_CFG.vocab_size
+    beam = decode.generate(random_params, cfg, PROMPTS, max_new_tokens=2, method="beam", num_beams=vocab // 2)
+    greedy = decode.generate(random_params, cfg, PROMPTS, max_new_tokens=2)
+    misses = 0
+    for prompt, got, greedy_row in zip(PROMPTS, beam, greedy):
+        rows = [prompt + [a] for a in range(vocab)]
+        log_probs = np.asarray(jax.nn.log_softmax(_full_logits(random_params, cfg, rows)))
+        scores = log_probs[:, len(prompt) - 1, :].diagonal()[:, None] + log_probs[:, len(prompt), :]
+        best = list(np.unravel_index(int(np.argmax(scores)), scores.shape))
+        assert got == best, (prompt, got, best)
+        misses += greedy_row != best
+    assert misses > 0, "greedy already finds every maximum: the test would not tell beam search from greedy"
+
+
 def test_beam_on_trained_model_follows_pattern_and_stops(trained_params):
     prompt = STREAM[2:5]  # 4 1 5 -> 9 2 6 5 3 3 1 4 1 5 ...
     out = decode.generate(
@@ -205,6 +223,22 @@ def test_sampling_top_k_one_is_greedy_and_keys_are_deterministic(random_params):
     assert sample(0) == sample(0)
     assert sample(0) != sample(1)
     assert sample(0) != greedy
+
+
+def test_sampling_as_temperature_goes_to_zero_is_greedy(random_params):
+    """At T = 1e-6 every logit gap above ~1e-4 becomes > 100 nats, so each key draws the argmax."""
+    greedy = decode.generate(random_params, RANDOM_CFG, PROMPTS, max_new_tokens=10)
+    for seed in range(3):
+        cold = decode.generate(
+            random_params,
+            RANDOM_CFG,
+            PROMPTS,
+            max_new_tokens=10,
+            method="sample",
+            temperature=1e-6,
+            rng=jax.random.key(seed),
+        )
+        assert cold == greedy
 
 
 def test_top_p_keeps_the_minimal_set_reaching_p():

@@ -35,18 +35,22 @@ def hf_dir(tmp_path_factory) -> Path:
     return export_hf(params, cfg, root / "hf", tokenizer_dir=root / "bpe")
 
 
+def write_task(root: Path, name: str, split: str, rows: list[dict], definition: str) -> Path:
+    """A task YAML `root/name.yaml` over `rows`, its one split `split`, with the rest of its `definition`."""
+    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = root / f"{name}.yaml"
+    path.write_text(f"task: {name}\ndata_files: {{{split}: {split}.jsonl}}\n{definition}metrics: [acc]\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def task_yaml(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("task")
     rows = [{"q": f"Is {i} even", "options": ["yes", "no"], "answer": i % 2} for i in range(4)]
-    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = root / "parity.yaml"
-    path.write_text(
-        "task: parity\noutput_type: multiple_choice\ndata_files: {validation: dev.jsonl}\n"
-        "validation_split: validation\ndoc_to_text: '{{q}}?'\ndoc_to_choice: '{{options}}'\n"
-        "doc_to_target: '{{answer}}'\nmetrics: [acc]\n"
+    definition = (
+        "output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: '{{q}}?'\n"
+        "doc_to_choice: '{{options}}'\ndoc_to_target: '{{answer}}'\n"
     )
-    return path
+    return write_task(tmp_path_factory.mktemp("task"), "parity", "validation", rows, definition)
 
 
 def _eval(*args: str | Path) -> int:
@@ -67,6 +71,25 @@ def test_hf_dir_tokenizer_is_used_recorded_and_checked(hf_dir, task_yaml, tmp_pa
     assert _eval("--hf", hf_dir, "--tasks", task_yaml, "--out", tmp_path / "x.json", "--tokenizer", "gpt2") == 2
     assert f"{hf_dir} holds its own tokenizer {own.name}" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fewshot_exclusion_option_reaches_the_examples(hf_dir, tmp_path) -> None:
+    """On a task whose only split is scored and sampled (LAMBADA's case), gptjax's default never shows a
+    document itself; `--fewshot-exclusion lm_eval` applies lm-eval's rule, which here does not exclude it."""
+    rows = [{"text": f"Passage {i} ends with word{i}"} for i in range(5)]
+    definition = (
+        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: \"{{text.split(' ')[:-1]|join(' ')}}\"\n"
+        "doc_to_target: \"{{' '+text.split(' ')[-1]}}\"\n"
+    )
+    task = write_task(tmp_path, "last_word", "test", rows, definition)
+    own_examples = {}
+    for rule in ("scored_split", "lm_eval"):
+        out = tmp_path / f"{rule}.json"
+        assert _eval("--hf", hf_dir, "--tasks", task, "--shots", "3", "--out", out, "--fewshot-exclusion", rule) == 0
+        (result,) = json.loads(out.read_text())["results"]
+        assert result["fewshot_exclusion"] == rule
+        own_examples[rule] = sum(s["doc_id"] in s["fewshot_ids"] for s in result["samples"])
+    assert own_examples["scored_split"] == 0 and own_examples["lm_eval"] > 0
 
 
 def test_tokenizer_size_and_eos_mismatches_fail_before_the_weights(hf_dir, task_yaml, tmp_path, monkeypatch, capsys):

@@ -84,8 +84,8 @@ def test_metric_table_says_how_each_metric_reads() -> None:
     assert (ppl.higher_is_better, ppl.percentage, ppl.bootstrap) == (False, False, True)
     assert ppl.aggregate is M.weighted_perplexity
     # A name nobody registered (a results file from elsewhere): higher is better, shown as is.
-    other = M.metric_info("bleu")
-    assert "bleu" not in M.METRICS_BY_NAME and other.higher_is_better and not other.percentage
+    other = M.metric_info("chrf")
+    assert "chrf" not in M.METRICS_BY_NAME and other.higher_is_better and not other.percentage
     # Every metric a task definition may ask for is declared.
     assert {name for names in METRICS.values() for name in names} <= M.METRICS_BY_NAME.keys()
 
@@ -95,5 +95,5 @@ def test_a_metric_is_declared_once_and_only_declared_metrics_aggregate() -> None
     assert M.register_metric(acc) is acc  # the same declaration again is a no-op
     with pytest.raises(ValueError, match="metric 'acc' is already registered"):
         M.register_metric(M.Metric("acc", M.mean, bootstrap=False, higher_is_better=False, percentage=True))
-    with pytest.raises(ValueError, match="unknown metric 'bleu'; registered: acc, acc_norm"):
-        M.aggregate("bleu", [1.0, 0.0], bootstrap_iters=0)
+    with pytest.raises(ValueError, match="unknown metric 'chrf'; registered: acc, acc_norm"):
+        M.aggregate("chrf", [1.0, 0.0], bootstrap_iters=0)

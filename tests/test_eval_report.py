@@ -222,12 +222,12 @@ def probe_metric() -> Iterator[Metric]:
 
 
 def test_direction_and_percentage_come_from_the_metric_table(tmp_path: Path, probe_metric: Metric) -> None:
-    results = [_result("probe", 0, {"bleu": 0.25, "probe_loss": 0.5, "probe_loss_stderr": 0.01})]
+    results = [_result("probe", 0, {"chrf": 0.25, "probe_loss": 0.5, "probe_loss_stderr": 0.01})]
     build_report([_write(tmp_path / "m.json", "m", 10**6, results)], tmp_path / "out", {"probe": "probe_loss"})
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| probe | probe_loss ↓ | 0 | 0.500 ± 0.010 |" in md  # registered: lower is better, not a percentage
-    # bleu is in no table: higher is better, and shown as is although every value lies in [0, 1].
-    assert "| Docs | probe_loss ↓ | bleu ↑ |" in md and "| 500 | 0.500 ± 0.010 | 0.250 |" in md
+    # chrf is in no table: higher is better, and shown as is although every value lies in [0, 1].
+    assert "| Docs | probe_loss ↓ | chrf ↑ |" in md and "| 500 | 0.500 ± 0.010 | 0.250 |" in md
 
 
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:

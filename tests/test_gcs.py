@@ -2,7 +2,7 @@
 a run killed with SIGKILL and restarted on gs:// is bitwise identical to an uninterrupted one, with every
 file in the bucket and none under a local `gs:` directory; the metrics file is buffered, not re-uploaded per
 record; the heartbeat and a profiler trace land in the run directory; a gs:// data cache is mirrored
-locally; eval reports go to gs://."""
+locally; eval reports and `gptjax data` corpora go to gs://."""
 
 from __future__ import annotations
 
@@ -125,3 +125,24 @@ def test_the_data_cache_mirror_builds_once_and_downloads_elsewhere(gcs, tmp_path
     monkeypatch.setenv("GPTJAX_CACHE_DIR", str(tmp_path / "another_host"))  # a host with an empty mirror
     np.testing.assert_array_equal(cache.load_or_build(path, build), np.arange(5))
     assert built == [1]  # the second host downloaded (or, locally, found) what the first one built
+
+
+def test_data_prep_reads_and_writes_gs_corpora(gcs, tmp_path, monkeypatch):
+    """`gptjax data dedup` then `stats` on a gs:// corpus: outputs land in the bucket, nothing local."""
+    from gptjax.cli import main
+    from gptjax.rundir import CorpusDir
+
+    monkeypatch.chdir(tmp_path)
+    root = gcs.prefix()
+    texts = [f"document {i} " + " ".join(f"w{i}_{j}" for j in range(40)) for i in range(6)]
+    texts.append(texts[2])  # an exact duplicate
+    epath.Path(f"{root}/raw.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert main(["data", "dedup", f"{root}/raw.jsonl", "--out", f"{root}/deduped"]) == 0
+    corpus = CorpusDir(f"{root}/deduped")
+    kept = [json.loads(line)["text"] for line in corpus.documents_file.read_text().splitlines()]
+    assert kept == texts[:6]
+    assert json.loads(corpus.report_file.read_text())["exact_duplicates"] == 1
+    assert main(["data", "stats", f"{root}/deduped/documents.jsonl", "--out", f"{root}/stats.json"]) == 0
+    assert json.loads(epath.Path(f"{root}/stats.json").read_text())["documents"] == 6
+    assert {"documents.jsonl", "report.json"} <= {o.split("/")[-1] for o in gcs.objects(f"{root}/deduped")}
+    assert no_local_gs_dir(tmp_path) == []

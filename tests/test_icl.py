@@ -108,6 +108,18 @@ def test_labels_are_remapped_per_sequence_but_consistent_within_one():
     np.testing.assert_array_equal(f.tokens[:, f.label_positions + 1], f.labels)
 
 
+def test_within_class_noise_replaces_each_item_token_with_the_stated_probability():
+    gen = FewShotClassification(n_classes=50, noise=0.25, n_symbols=64, item_len=2)
+    e = gen.sequences(4, "train", np.arange(2000))
+    items = e.tokens.reshape(2000, -1, gen.pair_len)[:, :, : gen.item_len] - (gen.first_id + gen.n_labels)
+    changed = np.mean(items != gen.prototypes(4)[e.classes])
+    assert changed == pytest.approx(0.25 * 63 / 64, abs=0.01)  # a replacement may redraw the same symbol; se 0.002
+    clean = FewShotClassification(n_classes=50, noise=0.0, n_symbols=64, item_len=2)
+    c = clean.sequences(4, "train", np.arange(200))
+    items = c.tokens.reshape(200, -1, clean.pair_len)[:, :, : clean.item_len] - (clean.first_id + clean.n_labels)
+    np.testing.assert_array_equal(items, clean.prototypes(4)[c.classes])
+
+
 def test_probe_episodes_context_only_versus_weights_only():
     gen = FewShotClassification(n_classes=30, labels="fixed", noise=0.0)
     icl = gen.episodes(0, np.arange(300), 8, "icl", ways=2)

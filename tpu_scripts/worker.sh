@@ -22,11 +22,15 @@ LOCKFILE="${TMPDIR:-/tmp}/libtpu_lockfile"
 
 say() { printf '%s\n' "$*"; }  # on_workers prefixes "worker I: "
 
+alive() {  # process $1 runs; a zombie does not (kill -0 succeeds on one, and init may never reap it)
+  grep -q '^State:[[:space:]]*[^Z]' "/proc/$1/status" 2>/dev/null
+}
+
 trainer_pid() {  # the running trainer's pid, or nothing
   local pid
   [[ -s "$PIDFILE" ]] || return 0
   pid="$(cat "$PIDFILE")"
-  if kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+  if alive "$pid"; then echo "$pid"; fi
 }
 
 holders() {  # pids of the processes that hold any of the files "$@" open (no lsof/fuser on every image)
@@ -45,11 +49,11 @@ stop() {
   [[ -n "$pid" ]] || { rm -f "$PIDFILE"; return 0; }
   say "stopping trainer $pid"
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-  while kill -0 "$pid" 2>/dev/null && (( waited < STOP_SECONDS )); do sleep 1; waited=$((waited + 1)); done
-  if kill -0 "$pid" 2>/dev/null; then
+  while alive "$pid" && (( waited < STOP_SECONDS )); do sleep 1; waited=$((waited + 1)); done
+  if alive "$pid"; then
     say "trainer $pid ignored SIGTERM for ${STOP_SECONDS}s: SIGKILL"
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    while alive "$pid"; do sleep 0.2; done
   fi
   rm -f "$PIDFILE"
 }
@@ -120,7 +124,7 @@ start() {
 
 copy_logs() {  # copy the log to the bucket every LOG_COPY_SECONDS while trainer $1 runs, and once after
   local pid="$1" target="$LOGS_URL/$TPU_NAME-worker-$WORKER_ID.log"
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     gcloud storage cp --quiet "$LOG" "$target" || say "could not copy the log to $target (will retry)"
     sleep "$LOG_COPY_SECONDS"
   done

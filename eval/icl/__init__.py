@@ -5,7 +5,10 @@
 - regression.py: in-context linear regression scored against least squares, 3-NN and averaging.
 - runs.py: a run's held-out data and results files, and `gptjax icl`.
 - hook.py: the probes as a training hook (`icl` config section).
-- plots.py: accuracy against K per size, scores against training tokens (with the phase change) and size.
+- report.py: scores against training tokens (phase change marked) and per-head maps, as a report section;
+  accuracy against K per size and scores against size come from eval/report.py, like any benchmark's.
 
-The synthetic data itself is core (gptjax.data.synthetic), so training can use it as a data.task.
+The synthetic data itself is core (gptjax.data.synthetic), so training can use it as a data.task; so is the
+regression transformer and its training loop (gptjax.regression), a model like any other: eval scores models,
+it never trains them.
 """

@@ -129,10 +129,10 @@ def _in_batches(fn: Callable[..., Any], *arrays: np.ndarray) -> Any:
     n, outputs = len(arrays[0]), []
     for start in range(0, n, BATCH):
         chunk = [np.asarray(a[start : start + BATCH]) for a in arrays]
-        pad = BATCH - len(chunk[0]) if n > BATCH else 0
-        if pad:
-            chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) for c in chunk]
-        outputs.append(jax.tree.map(lambda x: np.asarray(x)[: BATCH - pad], jax.device_get(fn(*chunk))))
+        rows = len(chunk[0])
+        if n > BATCH and rows < BATCH:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], BATCH - rows, axis=0)]) for c in chunk]
+        outputs.append(jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], jax.device_get(fn(*chunk))))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 

@@ -110,9 +110,7 @@ class RepeatedTokens:
         """Each sequence's period, [len(rows)]."""
         if not self.min_segment:
             return np.full(len(np.asarray(rows).reshape(-1)), self.segment)
-        u = uniform(seed, "period", split, rows, 1)[:, 0]
-        periods = np.floor(self.min_segment * (self.segment + 1) ** u / self.min_segment**u).astype(np.int64)
-        return np.clip(periods, self.min_segment, self.segment)
+        return self.min_segment + integers(seed, "period", split, rows, 1, self.segment - self.min_segment + 1)[:, 0]
 
     def tokens(self, seed: int, split: str, rows: np.ndarray) -> np.ndarray:
         """int32 [len(rows), length]: token j of a sequence of period p is its segment's token j mod p."""
@@ -241,7 +239,6 @@ class FewShotClassification:
           other training classes (each with its fixed label): only the weights can tell it.
         """
         rows = np.asarray(rows, np.int64).reshape(-1)
-        n = len(rows)
         if mode == "icl":
             if not 1 <= ways <= min(self.n_labels, self.n_heldout):
                 raise ConfigError(f"ways={ways} must be in [1, min(n_labels, n_heldout)]")
@@ -329,7 +326,7 @@ class SyntheticSource:
     seed: int = 0
     sizes: tuple[int, int, int] = (1 << 15, 1024, 1024)
     splits: ClassVar[tuple[str, ...]] = SPLITS
-    VERSION: ClassVar[int] = 1  # bump when a generator's output changes, so cached streams are rebuilt
+    VERSION: ClassVar[int] = 2  # bump when a generator's output changes, so cached streams are rebuilt
 
     def __post_init__(self) -> None:
         if self.seed < 0 or len(self.sizes) != len(SPLITS) or min(self.sizes) <= 0:

@@ -324,7 +324,7 @@ def _source_task(name: str, vocab: seqio.Vocabulary, tfds_data_dir: str) -> seqi
         return _synthetic_task(task_name, name, source, vocab)
     return seqio.TaskRegistry.add(
         task_name,
-        source=_SOURCES[name].seqio_source(tfds_data_dir),
+        source=source.seqio_source(tfds_data_dir),
         output_features={"targets": seqio.Feature(vocab, add_eos=True)},
         preprocessors=[
             functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
@@ -384,7 +384,7 @@ def components(name: str, vocab_spec: str, tfds_data_dir: str = "") -> list[Comp
     vocab = get_vocabulary(vocab_spec)
     rates = _MIXTURES.get(name, {name: 1.0})
     real_valued = [
-        s for s in rates if isinstance(_SOURCES[s], SyntheticSource) and _SOURCES[s].generator.kind != "tokens"
+        s for s in rates if isinstance(source := _SOURCES[s], SyntheticSource) and source.generator.kind != "tokens"
     ]
     if real_valued:
         raise ConfigError(
