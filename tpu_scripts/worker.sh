@@ -124,9 +124,11 @@ start() {
 
 copy_logs() {  # copy the log to the bucket every LOG_COPY_SECONDS while trainer $1 runs, and once after
   local pid="$1" target="$LOGS_URL/$TPU_NAME-worker-$WORKER_ID.log"
+  local waited
   while alive "$pid"; do
     gcloud storage cp --quiet "$LOG" "$target" || say "could not copy the log to $target (will retry)"
-    sleep "$LOG_COPY_SECONDS"
+    waited=0  # wake each second, so the final copy follows the trainer's exit at once
+    while alive "$pid" && (( waited < LOG_COPY_SECONDS )); do sleep 1; waited=$((waited + 1)); done
   done
   gcloud storage cp --quiet "$LOG" "$target"
 }
