@@ -7,10 +7,12 @@ fails before any gcloud call, naming the value; --dry-run prints the exact comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -88,7 +90,10 @@ def cloud(tmp_path, shared):
         return result
 
     fake.run, fake.env, fake.commit = run, env, shared["COMMIT_OF_REPO"]
-    return fake
+    yield fake
+    for trainer in fake.trainers():  # a failed test leaves no stand-in trainer (or its log copier) running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer["pid"], signal.SIGKILL)
 
 
 def _verbs(calls: list[list[str]]) -> list[str]:
