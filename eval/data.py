@@ -7,14 +7,13 @@ and a bad file is reported with its path and line number.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from gptjax.errors import GptjaxError
-from gptjax.paths import data_dir
+from gptjax.paths import data_dir, json_object
 
 DOCUMENT_SPLITTERS = ("whole_file", "wikitext_pages")
 
@@ -48,13 +47,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(doc, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(doc).__name__}")
-            docs.append(doc)
+            docs.append(json_object(line, f"{path}:{lineno}", DataError))
     return docs
 
 

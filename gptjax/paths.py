@@ -1,11 +1,13 @@
-"""Where gptjax finds data that lives outside the repository."""
+"""Where gptjax finds data that lives outside the repository, and how one line of its JSONL files is read."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from gptjax.errors import InputNotFoundError
+from gptjax.errors import GptjaxError, InputNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +30,14 @@ def data_path(*parts: str) -> Path:
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist (data root {data_dir()}; set GPTJAX_DATA_DIR to change it)")
     return path
+
+
+def json_object(line: str, where: str, error: type[GptjaxError]) -> dict[str, Any]:
+    """One JSONL line as a JSON object; `error` names `where` (file:line) and what is wrong."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise error(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record

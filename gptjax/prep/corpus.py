@@ -25,6 +25,7 @@ from etils import epath
 from tqdm import tqdm
 
 from gptjax.errors import GptjaxError, InputNotFoundError
+from gptjax.paths import json_object
 from gptjax.rundir import CorpusDir, PathLike, as_path, write_atomic, write_json
 
 T = TypeVar("T")
@@ -146,12 +147,7 @@ def _documents(path: epath.Path, fmt: CorpusFormat) -> Iterator[Document]:
 
 def _jsonl_document(path: epath.Path, lineno: int, line: str, text_field: str) -> Document:
     where = f"{path}:{lineno}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise CorpusError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise CorpusError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    record = json_object(line, where, CorpusError)
     text = record.get(text_field)
     if not isinstance(text, str):
         raise CorpusError(f"{where}: no string field {text_field!r} (keys: {sorted(record)})")
