@@ -1,16 +1,17 @@
 """Evidence for the generation tasks (issue #16): what a scratchpad buys a tiny model on addition, what
 self-consistency adds on top, and how fast the KV-cache decoder runs.
 
-1. One tiny GPT per answer format of eval.arithmetic (plain, reversed, scratchpad), trained with the same
-   budget (steps x batch of fresh problems, loss on the answer only, the 200 held-out problems never
-   trained on); greedy exact match on the held-out problems every `--eval-every` steps and at the end.
-2. Self-consistency on the scratchpad model at the first checkpoint whose greedy accuracy is in 40-80%:
+1. One tiny GPT per answer format of eval.arithmetic (plain, reversed, scratchpad, multipath), trained with
+   the same budget (steps x batch of fresh problems, loss on the answer only, the 200 held-out problems
+   never trained on); greedy exact match on the held-out problems every `--eval-every` steps and at the end.
+2. Self-consistency on the scratchpad model (one reasoning path per answer) and on the multipath model
+   (three different paths to each answer), each at its first checkpoint whose greedy accuracy is in 40-80%:
    20 sampled paths per problem at each temperature and seed, majority vote of the first N paths
    (eval.cot.majority_vote; unparsable paths abstain) for N in 1, 5, 10, 20.
 3. Decode throughput of the final scratchpad model: greedy, top-k sampling and 4-beam search, generated
    tokens per second of the second (compiled) call.
 
-    .venv/bin/python bench/generation_evidence.py [--steps 600] [--digits 2]
+    .venv/bin/python bench/generation_evidence.py [--steps 600] [--digits 2] [--top-p 0.9] [--top-k K]
 
 Every number is printed; bench/README.md records a run.
 """
@@ -37,13 +38,17 @@ N_TEST, BATCH = 200, 64
 SC_NS, SC_TEMPERATURES, SC_SEEDS = (1, 5, 10, 20), (0.5, 0.7, 1.0), (0, 1, 2)
 
 
-def batch_of(pairs: list[tuple[int, int]], fmt: arithmetic.Format, length: int) -> dict[str, np.ndarray]:
-    """Rows of one example each (right-padded, segment 0 after it); the loss covers the target and its newline."""
+def batch_of(
+    pairs: list[tuple[int, int]], fmt: arithmetic.Format, length: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Rows of one example each (right-padded, segment 0 after it; a multipath example's reasoning path drawn
+    uniformly); the loss covers the target and its newline."""
     tokens = np.zeros((len(pairs), length + 1), np.int32)
     mask = np.zeros((len(pairs), length), np.int32)
     segments = np.zeros((len(pairs), length), np.int32)
-    for row, (a, b) in enumerate(pairs):
-        ids = VOCAB.encode(arithmetic.example(a, b, fmt))
+    variants = rng.integers(arithmetic.N_VARIANTS[fmt], size=len(pairs))
+    for row, ((a, b), variant) in enumerate(zip(pairs, variants)):
+        ids = VOCAB.encode(arithmetic.example(a, b, fmt, int(variant)))
         tokens[row, : len(ids)] = ids
         mask[row, len(arithmetic.prompt(a, b)) - 1 : len(ids) - 1] = 1
         segments[row, : len(ids) - 1] = 1
@@ -74,13 +79,14 @@ def train_format(fmt: arithmetic.Format, args, test: list[tuple[int, int]]):
     state = train.init_state(run, tx, jax.random.key_data(jax.random.key(0)))
     step = jax.jit(train.make_train_step(run, tx))
     held_out = set(test)
-    length = len(arithmetic.example(10**args.digits - 1, 10**args.digits - 1, fmt)) + 1
+    top = 10**args.digits - 1
+    length = len(arithmetic.prompt(top, top)) + arithmetic.max_target_length([(top, top)], fmt) + 2
     fresh = (
         p for i in range(10**9) for p in arithmetic.problems(BATCH, args.digits, seed=1000 + i) if p not in held_out
     )
-    history, start = [], time.perf_counter()
+    history, start, rng = [], time.perf_counter(), np.random.default_rng(0)
     for i in range(1, args.steps + 1):
-        state, metrics = step(state, batch_of([next(fresh) for _ in range(BATCH)], fmt, length))
+        state, metrics = step(state, batch_of([next(fresh) for _ in range(BATCH)], fmt, length, rng))
         if i % args.eval_every == 0 or i == args.steps:
             acc = greedy_accuracy(state.params, fmt, test)
             history.append((i, acc, state.params))
@@ -91,14 +97,21 @@ def train_format(fmt: arithmetic.Format, args, test: list[tuple[int, int]]):
     return state.params, history
 
 
-def self_consistency(params, test: list[tuple[int, int]]) -> None:
-    base = arithmetic.task(test, "scratchpad")
+def self_consistency(params, fmt: arithmetic.Format, test: list[tuple[int, int]], args) -> None:
+    base = arithmetic.task(test, fmt)
     refs = [str(a + b) for a, b in test]
     print("T     seed  " + "  ".join(f"maj@{n:<3d}" for n in SC_NS))
     for temperature in SC_TEMPERATURES:
         means = np.zeros(len(SC_NS))
         for seed in SC_SEEDS:
-            task = base.with_decoding(method="sample", temperature=temperature, seed=seed, num_samples=max(SC_NS))
+            task = base.with_decoding(
+                method="sample",
+                temperature=temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                seed=seed,
+                num_samples=max(SC_NS),
+            )
             samples = generation.evaluate(params, MODEL, VOCAB, task, bootstrap_iters=0, batch_size=400)["samples"]
             accs = np.array(
                 [
@@ -130,9 +143,11 @@ def throughput(params) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--digits", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--top-k", type=int, default=None, help="self-consistency samples with top-k too")
+    parser.add_argument("--top-p", type=float, default=None, help="self-consistency samples with top-p too")
     args = parser.parse_args()
     test = arithmetic.problems(N_TEST, args.digits, seed=0)
     print(f"model {MODEL.n_layer}x{MODEL.d_model}, {args.steps} steps x {BATCH} problems, {args.digits}-digit addition")
@@ -140,16 +155,14 @@ def main() -> None:
     for fmt in arithmetic.FORMATS:
         final[fmt], histories[fmt] = train_format(fmt, args, test)
     print("greedy exact match at the end: " + ", ".join(f"{f} {h[-1][1]:.3f}" for f, h in histories.items()))
-    mid = [(s, acc, p) for s, acc, p in histories["scratchpad"] if 0.4 <= acc <= 0.8]
-    if mid:
-        step, acc, params = mid[0]
-        print(f"self-consistency at scratchpad step {step} (greedy {acc:.3f}), {N_TEST} problems:")
-        self_consistency(params, test)
-    else:
-        print(
-            "no scratchpad checkpoint had greedy accuracy in 40-80%: "
-            + str([round(a, 3) for _, a, _ in histories["scratchpad"]])
-        )
+    for fmt in ("scratchpad", "multipath"):
+        mid = [(s, acc, p) for s, acc, p in histories[fmt] if 0.4 <= acc <= 0.8]
+        if mid:
+            step, acc, params = mid[0]
+            print(f"self-consistency at {fmt} step {step} (greedy {acc:.3f}), {N_TEST} problems:")
+            self_consistency(params, fmt, test, args)
+        else:
+            print(f"no {fmt} checkpoint had greedy accuracy in 40-80%: {[round(a, 3) for _, a, _ in histories[fmt]]}")
     print("decode throughput (final scratchpad model, 32 new tokens):")
     throughput(final["scratchpad"])
 

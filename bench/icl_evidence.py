@@ -1,29 +1,32 @@
 """Evidence that gptjax's tiny models learn in context, on the synthetic tasks of gptjax.data.synthetic.
 
-Three studies, each trained from scratch with gptjax's trainer (the ICL probes as its hook, eval/icl) or,
+Four studies, each trained from scratch with gptjax's trainer (the ICL probes as its hook, eval/icl) or,
 for regression, gptjax.regression; every figure is printed and bench/README.md records a run:
-1. Induction heads (Olsson et al. 2022): a 2-layer attention-only model on repeated random tokens; the
-   probes every few steps give the induction score of the best head against the uniform baseline, the loss
-   on the first copy (unigram entropy ln n_symbols) and on the repeats, and the ICL score; the phase change
-   of the induction score and of the ICL score (eval.icl.scores.phase_change) in tokens. A 1-layer control
-   trains the same way.
+1. Induction heads (Olsson et al. 2022): a 2-layer attention-only model on repeated random tokens of random
+   period (so no fixed offset finds the earlier copy), probed on a fixed period; the probes every few steps
+   give the induction score of the best head against the uniform baseline, the loss on the first copy
+   (unigram entropy ln n_symbols) and on the repeats, and the ICL score; the phase change of the induction
+   score and of the ICL score (eval.icl.scores.phase_change) in tokens. A 1-layer control trains the same way.
+   1b (`--only induction_text`, not in the default list): Olsson et al.'s own setting, attention-only models of
+   2 and 1 layers trained on natural text (Tiny Shakespeare bytes) and probed on repeated random bytes.
 2. Few-shot classification (Chan et al. 2022, Reddy 2023): tiny presets on bursty sequences whose labels are
    remapped in every sequence; accuracy on held-out classes against K, and the K=0 (no-context) baseline at
-   chance. Then fixed labels with Zipfian classes: with many classes the model learns in context, with few
-   in its weights (ICL = 8-shot accuracy on held-out classes; IWL = accuracy on training classes with no
-   help from the context).
+   chance. Then ("iwl") fixed labels with 64, 512 and 3840 classes: with few the model learns them in its
+   weights, with many in context (ICL = 8-shot accuracy on held-out classes; IWL = accuracy on training
+   classes with no context or with other classes' pairs as context).
 3. In-context linear regression (Garg et al. 2022): error against the number of examples, beside least
    squares, 3-nearest-neighbours and averaging.
 
-Run from the repository root: `python bench/icl_evidence.py [--out DIR] [--only induction,fewshot,regression]`
-(bench/README.md records how long each study took). With --out, run directories, results files, the eval
-report of the probes and the plots stay there.
+Run from the repository root: `python bench/icl_evidence.py [--out DIR] [--only induction,fewshot,iwl,regression]`
+(each study prints its wall and CPU time; bench/README.md records a run). With --out, run directories,
+results files, the eval report of the probes and the plots stay there.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -34,6 +37,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from eval.icl import regression as icl_regression  # noqa: E402
+from eval.icl import scores  # noqa: E402
 from eval.icl.hook import add_icl_hook  # noqa: E402
 from eval.icl.report import ICL_SCORE, INDUCTION, icl_section, load_curves, plot_over_tokens  # noqa: E402
 from eval.report import build_report  # noqa: E402
@@ -46,11 +50,15 @@ from gptjax.hooks import add_standard_hooks  # noqa: E402
 from gptjax.rundir import RunDir  # noqa: E402
 from gptjax.train import Trainer  # noqa: E402
 
-INDUCTION_TASK = "repeat_tokens_varied"  # trained on; the probe reads `repeat_tokens` (fixed period 32)
-INDUCTION_STEPS, INDUCTION_EVERY = 3000, 100
+INDUCTION_TASK, INDUCTION_PROBE = "repeat_tokens_16_varied", "repeat_tokens_16"  # trained on; probed on (period 16)
+INDUCTION_MODEL = ModelConfig(vocab_size=257, n_ctx=32, n_head=4, d_model=128, init_std=0.08, mlp=False)
+INDUCTION_STEPS, INDUCTION_EVERY, INDUCTION_BATCH, INDUCTION_LR = 3000, 100, 64, 3e-3
+# Natural text (Olsson et al.): contexts repeat words and names, which an induction head can exploit at any offset.
+TEXT_TASK, TEXT_MODEL = "tinyshakespeare", ModelConfig(vocab_size=257, n_ctx=256, n_head=4, d_model=128, mlp=False)
+TEXT_STEPS, TEXT_EVERY, TEXT_BATCH, TEXT_LR = 1000, 50, 16, 3e-3
 FEWSHOT_PRESETS = ("tiny-25k", "tiny-80k", "tiny-200k")
 FEWSHOT_STEPS, SHOTS = 2000, (0, 1, 2, 4, 8)
-IWL_PRESET, IWL_TASKS = "tiny-200k", ("fewshot_zipf_few", "fewshot_zipf_many")
+IWL_PRESET, IWL_TASKS = "tiny-200k", ("fewshot_fixed_64", "fewshot_fixed_512", "fewshot_fixed_3840")
 REGRESSION = regression.RegressionConfig(
     model=ModelConfig(name="regression", vocab_size=1, n_ctx=24, n_layer=3, n_head=4, d_model=32),
     task=LinearRegression(dim=5, points=12),
@@ -94,37 +102,108 @@ def _last(run_dir: Path) -> Path:
 
 def induction(out: Path) -> None:
     print("\n== 1. Induction heads: attention-only models on repeated random tokens")
-    icl = ICLConfig(probes=("induction", "icl_score"), every=INDUCTION_EVERY, examples=128, early=5, late=61)
+    probe = tasks.synthetic_source(INDUCTION_PROBE).generator
+    early, late = 5, probe.length - 1
+    icl = ICLConfig(
+        probes=("induction", "icl_score"),
+        every=INDUCTION_EVERY,
+        examples=128,
+        early=early,
+        late=late,
+        induction_task=INDUCTION_PROBE,
+    )
+    names = []
     for layers in (2, 1):
-        cfg = ModelConfig(
-            name=f"attn-only-{layers}L", vocab_size=257, n_ctx=64, n_layer=layers, n_head=4, d_model=64, mlp=False
+        cfg = dataclasses.replace(INDUCTION_MODEL, name=f"attn-only-{layers}L", n_layer=layers)
+        names.append(cfg.name)
+        run = dataclasses.replace(
+            _run(out, cfg.name, cfg, INDUCTION_TASK, INDUCTION_STEPS, icl, INDUCTION_LR), batch_size=INDUCTION_BATCH
         )
-        seconds = _train(_run(out, cfg.name, cfg, INDUCTION_TASK, INDUCTION_STEPS, icl, 3e-3))
-        curves = load_curves(out / cfg.name)
-        v = curves.values
-        prefix = "icl/induction/0shot/"
-        print(f"\n{cfg.name}: {INDUCTION_STEPS} steps x 32 x 64 tokens in {seconds:.0f} s")
-        header = ("tokens", "induction", "prev-tok", "loss 1st copy", "loss repeats", "ICL score")
-        print(" ".join(f"{h:>{w}}" for h, w in zip(header, (9, 9, 8, 13, 12, 9))))
-        for i, tokens in enumerate(curves.tokens):
-            if i % 3 == 2 or i == len(curves.tokens) - 1:
-                row = [
-                    v[prefix + m][i]
-                    for m in ("induction_score", "previous_token_score", "loss_first_copy", "loss_repeats")
-                ]
-                print(f"{tokens:9.0f} {row[0]:9.3f} {row[1]:8.3f} {row[2]:13.3f} {row[3]:12.3f} {v[ICL_SCORE][i]:9.3f}")
-        final = load_results(_last(out / cfg.name)).result("induction", 0)
-        assert final is not None
-        change = [curves.phase_change(key) or float("nan") for key in (INDUCTION, ICL_SCORE)]
-        print(
-            f"final: induction score {final.metrics['induction_score']:.3f} (uniform baseline "
-            f"{final.metrics['uniform_attention']:.3f}), copying score {final.metrics['copying_score']:.3f}, "
-            f"unigram entropy {np.log(94):.3f}; phase change at {change[0]:.0f} tokens (induction score) and "
-            f"{change[1]:.0f} tokens (ICL score)"
-        )
+        seconds = _train(run)
+        print(f"\n{cfg.name}: {INDUCTION_STEPS} steps x {INDUCTION_BATCH} x {probe.length} tokens in {seconds:.0f} s")
+        _print_induction(out / cfg.name, early, late, every=3)
+    _plot_induction(out, names, "")
+
+
+def _print_induction(run_dir: Path, early: int, late: int, every: int) -> None:
+    """The induction probes of a run over training tokens (every `every`-th probe and the last: best head's
+    induction score, best head per layer, previous-token score, losses on the probe, ICL score) and the
+    final scores and phase changes."""
+    curves = load_curves(run_dir)
+    v = curves.values
+    prefix = "icl/induction/0shot/"
+    files = RunDir(run_dir).icl_results_files()
+    header = ("tokens", "induction", "per layer", "prev-tok", "loss 1st copy", "loss repeats", f"ICL {late}-{early}")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (10, 9, 15, 8, 13, 12, 9))))
+    for i, tokens in enumerate(curves.tokens):
+        if i % every == every - 1 or i == len(curves.tokens) - 1:
+            row = [
+                v[prefix + m][i] for m in ("induction_score", "previous_token_score", "loss_first_copy", "loss_repeats")
+            ]
+            layers = " ".join(f"{x:.3f}" for x in _per_layer(files[i]))
+            print(
+                f"{tokens:10.0f} {row[0]:9.3f} {layers:>15} {row[1]:8.3f} {row[2]:13.3f} {row[3]:12.3f} "
+                f"{v[ICL_SCORE][i]:9.3f}"
+            )
+    final = load_results(files[-1]).result("induction", 0)
+    assert final is not None
+    change = [curves.phase_change(key) or float("nan") for key in (INDUCTION, ICL_SCORE)]
+    details = _induction_details(files[-1])
+    print(
+        f"final: induction score {final.metrics['induction_score']:.3f} (best head {details['best_head']}; "
+        f"best per layer {', '.join(f'{x:.3f}' for x in _per_layer(files[-1]))}; uniform baseline "
+        f"{final.metrics['uniform_attention']:.3f}), copying score {final.metrics['copying_score']:.3f}, "
+        f"unigram entropy {details['unigram_entropy']:.3f}; phase change at {change[0]:.0f} tokens "
+        f"(induction score) and {change[1]:.0f} tokens (ICL score)"
+    )
+
+
+def _induction_details(results_file: Path) -> dict:
+    return next(r for r in json.loads(results_file.read_text())["results"] if r["task"] == "induction")["details"]
+
+
+def _per_layer(results_file: Path) -> list[float]:
+    """The best head's induction score in each layer."""
+    return [max(heads) for heads in _induction_details(results_file)["induction"]]
+
+
+def _plot_induction(out: Path, names: list[str], suffix: str) -> None:
     for key, stem in ((INDUCTION, "induction_vs_tokens"), (ICL_SCORE, "icl_score_vs_tokens")):
-        plot_over_tokens([load_curves(out / n) for n in ("attn-only-1L", "attn-only-2L")], key, out / stem)
-    icl_section([out / "attn-only-1L", out / "attn-only-2L"], out / "plots")
+        plot_over_tokens([load_curves(out / n) for n in reversed(names)], key, out / f"{stem}{suffix}")
+    icl_section([out / n for n in reversed(names)], out / f"plots{suffix}")
+
+
+def induction_text_run(out: Path, layers: int) -> float:
+    """Train one attention-only model of `layers` layers on natural text with the induction probes; wall seconds."""
+    cfg = dataclasses.replace(TEXT_MODEL, name=f"attn-only-{layers}L-text", n_layer=layers)
+    run = RunConfig(
+        model=cfg,
+        run_dir=str(out / cfg.name),
+        steps=TEXT_STEPS,
+        batch_size=TEXT_BATCH,
+        data=config.DataConfig(task=TEXT_TASK, cache_dir=str(out / "cache")),
+        optim=OptimConfig(learning_rate=TEXT_LR, warmup_steps=TEXT_STEPS // 10, weight_decay=0.0),
+        logging=config.LoggingConfig(every=100),
+        held_out=config.HeldOutConfig(every=TEXT_STEPS, batches=4),
+        checkpoint=config.CheckpointConfig(every=TEXT_STEPS),
+        icl=ICLConfig(
+            probes=("induction", "icl_score"), every=TEXT_EVERY, examples=128, induction_task="repeat_tokens"
+        ),
+    )
+    return _train(run)
+
+
+def induction_text(out: Path) -> None:
+    """Olsson et al.'s setting: attention-only models trained on natural text (bytes of Tiny Shakespeare),
+    probed on repeated random printable bytes (period 32, so no fixed offset is learned from the probe)."""
+    print(f"\n== 1b. Induction heads: attention-only models on {TEXT_TASK} bytes, probed on repeated random bytes")
+    names = []
+    for layers in (2, 1):
+        seconds = induction_text_run(out, layers)
+        names.append(f"attn-only-{layers}L-text")
+        print(f"\n{names[-1]}: {TEXT_STEPS} steps x {TEXT_BATCH} x {TEXT_MODEL.n_ctx} tokens in {seconds:.0f} s")
+        _print_induction(out / names[-1], *scores.scaled_positions(TEXT_MODEL.n_ctx), every=2)
+    _plot_induction(out, names, "_text")
 
 
 def fewshot(out: Path) -> None:
@@ -143,16 +222,20 @@ def fewshot(out: Path) -> None:
     print(f"chance = 1/{n_labels} labels = {1 / n_labels:.3f}; K=0 is the no-context baseline")
     build_report([str(p) for p in finals], out / "fewshot_report")
 
-    print("\n   In context or in weights: fixed labels, Zipfian classes (alpha 1), 90% bursty, noise 0.1")
-    print(f"{'task':>18} {'classes':>7} {'ICL 8-shot':>10} {'IWL':>6}")
+
+def in_context_or_in_weights(out: Path) -> None:
+    print("\n== 2b. In context or in weights: fixed labels, 90% bursty, noise 0.1, few to many classes")
+    print("   ICL = accuracy on held-out classes after 8 context pairs (labels remapped: only the context tells);")
+    print("   IWL = accuracy on training classes whose context has other classes (K=8) or nothing (K=0)")
+    print(f"{'task':>18} {'classes':>7} {'step':>5} {'ICL 8-shot':>10} {'IWL K=0':>7} {'IWL K=8':>7}")
     for task in IWL_TASKS:
-        icl = ICLConfig(probes=(task,), every=FEWSHOT_STEPS, shots=(8,), examples=512)
+        icl = ICLConfig(probes=(task,), every=FEWSHOT_STEPS // 4, shots=(0, 8), examples=512)
         _train(_run(out, f"{task}-{IWL_PRESET}", config.get_preset(IWL_PRESET), task, FEWSHOT_STEPS, icl, 3e-3))
-        results = load_results(_last(out / f"{task}-{IWL_PRESET}"))
-        in_context = results.result(task, 8).metrics["acc"]  # type: ignore[union-attr]
-        in_weights = results.result(f"{task}_iwl", 8).metrics["acc"]  # type: ignore[union-attr]
         classes = tasks.synthetic_source(task).generator.n_classes  # type: ignore[union-attr]
-        print(f"{task:>18} {classes:7d} {in_context:10.3f} {in_weights:6.3f}")
+        for path in RunDir(out / f"{task}-{IWL_PRESET}").icl_results_files():
+            results = load_results(path)
+            accs = [results.result(t, k).metrics["acc"] for t, k in ((task, 8), (f"{task}_iwl", 0), (f"{task}_iwl", 8))]  # type: ignore[union-attr]
+            print(f"{task:>18} {classes:7d} {results.step:5d} {accs[0]:10.3f} {accs[1]:7.3f} {accs[2]:7.3f}")
 
 
 def linear_regression(out: Path) -> None:
@@ -179,18 +262,26 @@ def linear_regression(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="keep run directories, results and plots here (default: a temporary directory)")
-    parser.add_argument("--only", default="induction,fewshot,regression", help="comma-separated studies to run")
+    parser.add_argument("--only", default="induction,fewshot,iwl,regression", help="comma-separated studies to run")
     args = parser.parse_args()
     if REGRESSION_TASK not in tasks.task_names():
         tasks.register_synthetic_task(REGRESSION_TASK, REGRESSION.task)
-    studies = {"induction": induction, "fewshot": fewshot, "regression": linear_regression}
+    studies = {
+        "induction": induction,
+        "induction_text": induction_text,
+        "fewshot": fewshot,
+        "iwl": in_context_or_in_weights,
+        "regression": linear_regression,
+    }
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         out.mkdir(parents=True, exist_ok=True)
         for name in args.only.split(","):
+            wall, cpu = time.perf_counter(), time.process_time()
             studies[name.strip()](out)
-    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s")
+            print(f"[{name.strip()}: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU]")
+    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, CPU time {time.process_time():.0f} s (all threads)")
 
 
 if __name__ == "__main__":

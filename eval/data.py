@@ -51,6 +51,23 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return docs
 
 
+def read_tfds(name: str, split: str, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """A prepared TFDS dataset's split as documents (bytes features decoded as UTF-8). `download=False`:
+    nothing is downloaded, and a dataset not prepared under `data_dir` is a DataError naming it."""
+    import tensorflow_datasets as tfds  # TensorFlow's import takes seconds: only TFDS-backed tasks pay it
+
+    try:
+        examples = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False)
+    except (AssertionError, ValueError, OSError, tfds.core.registered.DatasetNotFoundError) as err:
+        raise DataError(
+            f"TFDS dataset {name!r} split {split!r} cannot be read (prepare it with `tfds build`): {err}"
+        ) from None
+    return [
+        {k: v.decode("utf-8") if isinstance(v, bytes) else v.tolist() for k, v in ex.items()}
+        for ex in tfds.as_numpy(examples)
+    ]
+
+
 def wikitext_pages(text: str) -> list[str]:
     """Split WikiText into articles at top-level ` = Title = ` headings, exactly as the
     EleutherAI/wikitext_document_level dataset (which lm-eval's wikitext task reads) does."""

@@ -1,6 +1,6 @@
 """Free-form generation tasks: decoding options, GPT-2's zero-shot transfer prompts, and their scoring.
 
-A `GenerationTask` is a prompt and references per document, a `Decoding` (greedy, sampling with
+A `GenerationTask` is a prompt and references per document, a `Decoding` (eval.decoding: greedy, sampling with
 temperature / top-k / top-p / seed, or beam search with width and length penalty; stop strings, max tokens,
 N samples per prompt), an answer filter (eval.cot) and metrics (eval.metrics, eval.text_metrics). All
 decoding goes through `gptjax.decode.generate_text`, the one jitted KV-cache decoder, in fixed-size batches
@@ -22,65 +22,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import jax
 
 from eval import cot, text_metrics
 from eval import metrics as M
+from eval.decoding import Decoding, GenerationError
 from gptjax import decode
 from gptjax.config import ModelConfig
-from gptjax.errors import GptjaxError
 
 Doc = dict[str, Any]
-
-
-class GenerationError(GptjaxError, ValueError):
-    """Inconsistent decoding options or task definition; the message names the value."""
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How to decode: options only meaningful for one method are refused for the others."""
-
-    method: Literal["greedy", "sample", "beam"] = "greedy"
-    max_tokens: int = 64
-    until: tuple[str, ...] = ()
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
-    num_beams: int = 1
-    length_penalty: float = 0.0
-    num_samples: int = 1  # > 1 only for sampling: greedy and beam paths would all be equal
-
-    def __post_init__(self) -> None:
-        if self.method not in ("greedy", "sample", "beam"):
-            raise GenerationError(f"decoding method={self.method!r}; valid: 'greedy', 'sample', 'beam'")
-        if self.max_tokens < 1:
-            raise GenerationError(f"decoding max_tokens={self.max_tokens} must be >= 1")
-        if self.num_samples < 1 or (self.num_samples > 1 and self.method != "sample"):
-            raise GenerationError(f"decoding num_samples={self.num_samples} must be 1 unless method='sample'")
-        if self.method != "sample" and (self.temperature != 1.0 or self.top_k is not None or self.top_p is not None):
-            raise GenerationError(
-                f"temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p} need method='sample', "
-                f"got method={self.method!r}"
-            )
-        if self.method == "sample" and self.temperature <= 0:
-            raise GenerationError(f"decoding temperature={self.temperature} must be > 0 (use method='greedy')")
-        if self.method != "beam" and (self.num_beams != 1 or self.length_penalty != 0.0):
-            raise GenerationError(
-                f"num_beams={self.num_beams}, length_penalty={self.length_penalty} need method='beam', "
-                f"got method={self.method!r}"
-            )
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """The options `gptjax.decode.generate` takes for this method (no key: `generate` derives it)."""
-        if self.method == "sample":
-            return {"method": "sample", "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-        if self.method == "beam":
-            return {"method": "beam", "num_beams": self.num_beams, "length_penalty": self.length_penalty}
-        return {"method": "greedy"}
 
 
 def generate(
@@ -155,10 +107,11 @@ class GenerationTask:
         return dataclasses.replace(self, decoding=dataclasses.replace(self.decoding, **changes))
 
 
-def _score(metric: str, answer: str, refs: list[str], normalize: Callable[[str], str]) -> Any:
-    """One document's item for `metric` (a number, or for corpus BLEU the (references, answer) pair)."""
+def score(metric: str, answer: str, refs: list[str], **exact_match_options: Any) -> Any:
+    """One document's item for `metric` (a number, or for corpus BLEU the (references, answer) pair);
+    `exact_match_options` are eval.metrics.exact_match's (ignore_case, ...)."""
     if metric == "exact_match":
-        return M.exact_match(normalize(answer), [normalize(r) for r in refs])
+        return M.exact_match(answer, refs, **exact_match_options)
     if metric == "f1":
         return M.max_f1(answer, refs)
     if metric in text_metrics.ROUGE_TYPES:
@@ -191,7 +144,8 @@ def evaluate(
         sample = {"doc_id": doc_id, "prompt": prompt, "generations": gens, "answers": answers, "answer": answer}
         sample |= {"votes": votes, "references": refs}
         for metric in task.metrics:
-            items[metric].append(_score(metric, answer, refs, task.normalize))
+            normalize = task.normalize if metric == "exact_match" else _identity
+            items[metric].append(score(metric, normalize(answer), [normalize(r) for r in refs]))
             if metric != "bleu":
                 sample[metric] = items[metric][-1]
         samples.append(sample)

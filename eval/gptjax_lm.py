@@ -1,5 +1,5 @@
 """The gptjax implementation of the eval `LanguageModel`: (params, ModelConfig, vocabulary) behind
-`gptjax.model.forward` for scoring and `gptjax.decode.generate` for greedy generation.
+`gptjax.model.forward` for scoring and `gptjax.decode.generate` (greedy, sampling or beam) for generation.
 
 A Hugging Face directory is scored with the tokenizer saved in it (`hf_tokenizer`), and everything that can
 be checked without the weights (tokenizer, config.json, their agreement) is checked before they are read.
@@ -164,12 +164,23 @@ class GptjaxLM(TokenizedLM):
         stops += [[i] for i, text in enumerate(self._token_texts) if any(s and s in text for s in until)]
         return [s for s in stops if s]
 
-    def generate(self, prompts: Sequence[Tokens], max_new_tokens: int, until: Sequence[str]) -> list[Tokens]:
+    def generate(
+        self,
+        prompts: Sequence[Tokens],
+        max_new_tokens: int,
+        until: Sequence[str],
+        options: tuple[tuple[str, Any], ...] = (),
+    ) -> list[Tokens]:
+        """Batch b of the prompts sorted by length samples with fold_in(key(seed), b): a fixed seed and request
+        list give the same generations, and equal prompts in a batch are independent draws."""
+        kwargs = dict(options) or {"method": "greedy"}
+        seed = kwargs.pop("seed", None)
+        key = None if seed is None else jax.random.key(seed)
         stops = self._stop_sequences(until)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Tokens] = [[] for _ in prompts]
         n = self.generate_batch_size
-        for start in range(0, len(order), n):
+        for b, start in enumerate(range(0, len(order), n)):
             rows = order[start : start + n]
             batch = [prompts[i] for i in rows]
             batch += [batch[-1]] * (n - len(batch))  # a fixed batch size keeps the compiled shapes few
@@ -178,10 +189,11 @@ class GptjaxLM(TokenizedLM):
                 self.cfg,
                 batch,
                 max_new_tokens=max_new_tokens,
-                method="greedy",
                 stop_sequences=stops,
                 eos_id=self.tokenizer.eos_id,
                 include_stop=True,
+                rng=None if key is None else jax.random.fold_in(key, b),
+                **kwargs,
             )
             for i, ids in zip(rows, generated):
                 out[i] = ids

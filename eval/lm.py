@@ -2,7 +2,8 @@
 
 `TokenizedLM` turns the string-level requests into token requests with lm-eval's rules (eval.requests), so
 a backend only implements two token-level primitives: `score` (sum log-prob and greedy flag of a
-continuation given a context) and `generate` (greedy continuations of prompts).
+continuation given a context) and `generate` (continuations of prompts: greedy, or as a request's
+`options` say).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import abc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from eval.requests import (
     GenerationRequest,
@@ -57,7 +58,8 @@ class LanguageModel(Protocol):
         ...
 
     def generate_until(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        """Greedy continuation of each context, cut at the first stop string."""
+        """Continuation of each context (greedy unless its `options` say otherwise), cut at the first stop
+        string. Equal requests are separate draws when sampling (lm-eval's `repeats`)."""
         ...
 
 
@@ -79,8 +81,15 @@ class TokenizedLM(abc.ABC):
         """(sum log-prob, is_greedy) of each continuation; inputs are truncated with `model_input`."""
 
     @abc.abstractmethod
-    def generate(self, prompts: Sequence[Tokens], max_new_tokens: int, until: Sequence[str]) -> list[Tokens]:
-        """Greedy new tokens for each prompt; may stop early once the decoded text holds a stop string."""
+    def generate(
+        self,
+        prompts: Sequence[Tokens],
+        max_new_tokens: int,
+        until: Sequence[str],
+        options: tuple[tuple[str, Any], ...] = (),
+    ) -> list[Tokens]:
+        """New tokens for each prompt, greedy unless `options` (GenerationRequest.options) say otherwise; may
+        stop early once the decoded text holds a stop string."""
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LoglikelihoodResult]:
         pieces = [split_request(*encode_request(self.tokenizer, ctx, cont), self.max_length) for ctx, cont in requests]
@@ -106,10 +115,10 @@ class TokenizedLM(abc.ABC):
 
     def generate_until(self, requests: Sequence[GenerationRequest]) -> list[str]:
         out: list[str] = [""] * len(requests)
-        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        groups: dict[tuple[int, tuple[str, ...], tuple[tuple[str, Any], ...]], list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.max_gen_toks or self.max_gen_toks, r.until), []).append(i)
-        for (max_new, until), rows in groups.items():
+            groups.setdefault((r.max_gen_toks or self.max_gen_toks, r.until, r.options), []).append(i)
+        for (max_new, until, options), rows in groups.items():
             if max_new >= self.max_length:
                 raise ValueError(
                     f"max_gen_toks={max_new} leaves no room for a prompt in the model window "
@@ -122,6 +131,6 @@ class TokenizedLM(abc.ABC):
                 or [self.tokenizer.eos_id]
                 for i in rows
             ]
-            for i, ids in zip(rows, self.generate(prompts, max_new, stops)):
+            for i, ids in zip(rows, self.generate(prompts, max_new, stops, options)):
                 out[i] = truncate_generation(self.tokenizer.decode(ids), stops)
         return out

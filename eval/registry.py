@@ -23,7 +23,10 @@ from typing import Any
 
 import yaml
 
+from eval import cot, text_metrics
 from eval.data import DETOKENIZERS, DOC_PROCESSORS, DOCUMENT_SPLITTERS
+from eval.decoding import Decoding, GenerationError, from_generation_kwargs
+from eval.lm import DEFAULT_MAX_GEN_TOKS
 from eval.metrics import AGGREGATIONS, METRICS_BY_NAME
 from gptjax.errors import GptjaxError
 
@@ -34,7 +37,7 @@ OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "generate_until", "loglikeli
 METRICS = {
     "multiple_choice": ("acc", "acc_norm", "acc_calibrated"),
     "loglikelihood": ("acc", "perplexity"),
-    "generate_until": ("exact_match", "f1"),
+    "generate_until": ("exact_match", "f1", *text_metrics.TEXT_METRICS),
     "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
 }
 _UNDECLARED = sorted({name for names in METRICS.values() for name in names} - METRICS_BY_NAME.keys())
@@ -51,7 +54,6 @@ DEFAULT_METRICS = {
 # whenever the examples come from the scored split) or lm-eval 0.4's alone (only when the configured
 # fewshot_split equals the configured test_split). See eval/README.md, "Prompts and scoring".
 FEWSHOT_EXCLUSIONS = ("scored_split", "lm_eval")
-GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature")
 EXACT_MATCH_KEYS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore")
 
 
@@ -69,6 +71,8 @@ class TaskSpec:
     # Documents: JSONL files <benchmark dir>/<dataset>/<split>.jsonl, or explicit `data_files` per split.
     dataset: str | None = None
     data_files: dict[str, str] = field(default_factory=dict)
+    tfds_name: str | None = None  # or a prepared TFDS dataset (eval.data.read_tfds), splits in TFDS's syntax
+    tfds_data_dir: str | None = None  # None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
     training_split: str | None = None
     validation_split: str | None = None
     test_split: str | None = None
@@ -86,7 +90,9 @@ class TaskSpec:
     multiple_input: bool = False  # winogrande-style: each choice is a context, the target is shared
     calibration_context: str | None = None  # GPT-3's "Answer:" for acc_calibrated
     # Generation.
-    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)  # eval.decoding.from_generation_kwargs
+    repeats: int = 1  # responses per document (lm-eval's repeats): N sampled paths for self-consistency
+    filter_list: list[dict[str, Any]] = field(default_factory=list)  # lm-eval's, eval.cot.filter_pipelines
     exact_match: dict[str, Any] = field(default_factory=dict)
     strip_prediction: bool = False  # strip generated text before scoring (lm-eval's remove_whitespace filter)
     # Rolling-window perplexity over a text corpus (file relative to the corpus dir).
@@ -117,6 +123,8 @@ class TaskSpec:
                 f"{where}: process_docs {self.process_docs!r} is not one of {list(DOC_PROCESSORS)} "
                 "(or a `!function module.name` defined beside the YAML)"
             )
+        if self.tfds_name is not None and (self.dataset or self.data_files):
+            raise TaskError(f"{where}: give tfds_name or dataset / data_files, not both")
         if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise TaskError(f"{where}: num_fewshot must be a non-negative integer, got {self.num_fewshot!r}")
         if self.output_type == "loglikelihood_rolling":
@@ -137,14 +145,35 @@ class TaskSpec:
             raise TaskError(f"{where}: calibration_context cannot be combined with multiple_input")
         if ("acc_calibrated" in self.metrics) != (self.calibration_context is not None):
             raise TaskError(f"{where}: metric acc_calibrated and calibration_context must be set together")
-        bad_gen = sorted(set(self.generation_kwargs) - set(GENERATION_KEYS))
-        if bad_gen:
-            raise TaskError(f"{where}: unknown generation_kwargs {bad_gen}; valid: {list(GENERATION_KEYS)}")
-        if self.generation_kwargs.get("do_sample") or self.generation_kwargs.get("temperature", 0.0):
-            raise TaskError(f"{where}: only greedy generation is supported (do_sample false, temperature 0)")
+        if self.output_type == "generate_until":
+            self._check_generation(where)
+        elif self.generation_kwargs or self.repeats != 1 or self.filter_list:
+            raise TaskError(f"{where}: generation_kwargs, repeats and filter_list are only for generate_until")
         bad_em = sorted(set(self.exact_match) - set(EXACT_MATCH_KEYS))
         if bad_em:
             raise TaskError(f"{where}: unknown exact_match options {bad_em}; valid: {list(EXACT_MATCH_KEYS)}")
+
+    def _check_generation(self, where: str) -> None:
+        try:  # both are read again where they are used; here they are only checked
+            _ = self.decoding, self.filters
+        except (GenerationError, cot.FilterError) as err:
+            raise TaskError(str(err)) from None
+        if self.filter_list and self.strip_prediction:
+            raise TaskError(f"{where}: give filter_list or strip_prediction, not both")
+        for metric in set(self.metrics) & set(text_metrics.TEXT_METRICS):
+            text_metrics.require(metric)
+
+    @property
+    def decoding(self) -> Decoding:
+        """How each prompt is decoded (max_tokens stands in for the model's default when max_gen_toks is unset)."""
+        kwargs = {"until": [self.fewshot_delimiter]} | self.generation_kwargs
+        return from_generation_kwargs(kwargs, self.repeats, self.path or self.task, DEFAULT_MAX_GEN_TOKS)
+
+    @property
+    def filters(self) -> tuple[cot.FilterPipeline, ...]:
+        """The answer extraction pipelines; without a filter_list, lm-eval's default take_first."""
+        filter_list = self.filter_list or [{"name": "none", "filter": [{"function": "take_first"}]}]
+        return cot.filter_pipelines(filter_list, self.repeats, self.path or self.task)
 
     def _check_corpus(self, where: str) -> None:
         if not self.corpus:
@@ -164,7 +193,7 @@ class TaskSpec:
     @property
     def until(self) -> list[str]:
         """Stop strings; lm-eval defaults to the few-shot delimiter."""
-        return list(self.generation_kwargs.get("until", [self.fewshot_delimiter]))
+        return list(self.decoding.until)
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TaskSpec)} - {"path"}
@@ -173,7 +202,6 @@ FUNCTION_KEYS = ("process_docs", "doc_to_text", "doc_to_target", "doc_to_choice"
 LM_EVAL_IGNORED = ("metadata", "tag", "task_alias", "should_decontaminate", "doc_to_decontamination_query")
 # lm-eval keys gptjax accepts only at lm-eval's default value (what it implements), and what they would change.
 LM_EVAL_DEFAULTS: dict[str, tuple[Any, str]] = {
-    "repeats": (1, "repeated sampling"),
     "unsafe_code": (False, "code execution"),
     "gen_prefix": (None, "a prefix before each answer"),
     "use_prompt": (None, "promptsource templates"),
@@ -339,12 +367,10 @@ def _from_lm_eval(values: dict[str, Any], where: str) -> None:
     if "filter_list" in values:
         filters = values.pop("filter_list")
         pipelines = [f.get("filter") for f in filters] if isinstance(filters, list) else None
-        if pipelines not in ([[{"function": "take_first"}]], [WHITESPACE_FILTER]):
-            raise TaskError(
-                f"{where}: filter_list {filters!r} is not supported; gptjax implements lm-eval's default "
-                f"(take_first) and {WHITESPACE_FILTER} (strip_prediction: true)"
-            )
-        values["strip_prediction"] = pipelines == [WHITESPACE_FILTER]
+        if pipelines in ([[{"function": "take_first"}]], [WHITESPACE_FILTER]):
+            values["strip_prediction"] = pipelines == [WHITESPACE_FILTER]
+        else:
+            values["filter_list"] = filters
     if "fewshot_config" in values:
         fewshot = values.pop("fewshot_config") or {}
         if (

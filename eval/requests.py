@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 Tokens = list[int]
 
@@ -43,6 +43,8 @@ class GenerationRequest:
     context: str
     until: tuple[str, ...]
     max_gen_toks: int | None = None  # None = the model's default
+    # gptjax.decode.generate's options and the sampling seed (eval.decoding.Decoding.request_options); () = greedy
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[Tokens, Tokens]:

@@ -6,12 +6,14 @@ per K, and sends all of its requests to the model at once so the model can batch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval import generation
 from eval import metrics as M
 from eval.fewshot import DEFAULT_SEED, LmEvalSampler, SamplerFactory
 from eval.lm import LanguageModel, ModelInfo
@@ -172,6 +174,13 @@ def _evaluate_task(
         "truncated_requests": truncated,
         "task_source": task.spec.source or task.spec.path,
     }
+    if task.spec.output_type == "generate_until":
+        result["decoding"] = dataclasses.asdict(task.spec.decoding) | {
+            "max_tokens": task.spec.generation_kwargs.get("max_gen_toks")  # None: the model's default
+        }
+    if task.spec.filter_list:
+        by_filter = {f.name: [s["by_filter"][f.name] for s in samples] for f in task.spec.filters}
+        result["filters"] = {name: _metrics(task, scored, bootstrap_iters) for name, scored in by_filter.items()}
     if log_samples:
         result["samples"] = samples
     return result
@@ -251,23 +260,25 @@ def _loglikelihood(lm: LanguageModel, task: Task, instances: list[Instance]) -> 
 
 
 def _generation(lm: LanguageModel, task: Task, instances: list[Instance]) -> tuple[list[dict], int]:
-    predictions = lm.generate_until([inst.generation for inst in instances])
+    """`repeats` responses per document, each filter pipeline's answer, and the metrics of the first pipeline's
+    (`by_filter` holds every pipeline's when the task has a filter_list)."""
+    spec, n = task.spec, task.spec.repeats
+    responses = iter(lm.generate_until([inst.generation for inst in instances for _ in range(n)]))
+    metrics = dict.fromkeys(("exact_match", "f1", *spec.metrics))
     samples = []
-    for inst, raw in zip(instances, predictions):
+    for inst in instances:
+        raws = [next(responses) for _ in range(n)]
         target = task.doc_to_target(inst.doc)
         references = [str(t) for t in target] if isinstance(target, list) else [str(target)]
-        prediction = raw.strip() if task.spec.strip_prediction else raw
-        samples.append(
-            {
-                "doc_id": inst.doc_id,
-                "fewshot_ids": inst.fewshot_ids,
-                "generation": raw,
-                "prediction": prediction,
-                "references": references,
-                "exact_match": M.exact_match(prediction, references, **task.spec.exact_match),
-                "f1": M.max_f1(prediction, references),
-            }
-        )
+        by_filter = {}
+        for pipeline in spec.filters:
+            answer = pipeline([raw.strip() for raw in raws] if spec.strip_prediction else raws)
+            scores = {m: generation.score(m, answer, references, **spec.exact_match) for m in metrics}
+            by_filter[pipeline.name] = {"prediction": answer} | scores
+        sample = {"doc_id": inst.doc_id, "fewshot_ids": inst.fewshot_ids, "generation": raws[0]}
+        sample |= {"generations": raws} if n > 1 else {}
+        sample |= {"references": references} | by_filter[spec.filters[0].name]
+        samples.append(sample | ({"by_filter": by_filter} if spec.filter_list else {}))
     return samples, 0
 
 

@@ -19,6 +19,7 @@ from eval.data import (
     default_corpus_dir,
     read_corpus,
     read_jsonl,
+    read_tfds,
 )
 from eval.fewshot import Doc, qa_turn
 from eval.registry import FEWSHOT_EXCLUSIONS, TaskError, TaskSpec, get_spec
@@ -73,7 +74,12 @@ class Task:
     def docs(self, split: str) -> list[Doc]:
         """A split's documents, through the task's `process_docs` if it has one (as lm-eval, for every split)."""
         if split not in self._docs:
-            docs = read_jsonl(self.split_path(split))
+            spec = self.spec
+            docs = (
+                read_tfds(spec.tfds_name, split, spec.tfds_data_dir)
+                if spec.tfds_name
+                else read_jsonl(self.split_path(split))
+            )
             process = self.spec.process_docs
             if process is not None:
                 process = DOC_PROCESSORS[process] if isinstance(process, str) else process
@@ -84,6 +90,10 @@ class Task:
                     raise TaskError(f"{where}: {type(err).__name__}: {err}") from None
             self._docs[split] = docs
         return self._docs[split]
+
+    def _has_split(self, split: str) -> bool:
+        """Whether `split` has data: a JSONL file, or any declared split of a TFDS dataset (read_tfds checks)."""
+        return self.spec.tfds_name is not None or self.split_path(split).is_file()
 
     @property
     def eval_split(self) -> str:
@@ -101,7 +111,7 @@ class Task:
         splits whose file is missing: e.g. HellaSwag and COPA fall back to validation here."""
         spec = self.spec
         if spec.fewshot_split is not None:
-            if not self.split_path(spec.fewshot_split).is_file():
+            if not self._has_split(spec.fewshot_split):
                 raise TaskError(
                     f"task {self.name}: fewshot_split {spec.fewshot_split!r} has no data at "
                     f"{self.split_path(spec.fewshot_split)}"
@@ -109,7 +119,7 @@ class Task:
             return spec.fewshot_split
         declared = [s for s in (spec.training_split, spec.validation_split, spec.test_split) if s]
         for split in declared:
-            if self.split_path(split).is_file():
+            if self._has_split(split):
                 return split
         raise TaskError(
             f"task {self.name}: no few-shot split has data; looked for {declared} at "
@@ -223,7 +233,10 @@ class Task:
             return Instance(
                 **common,
                 generation=GenerationRequest(
-                    contexts[0], tuple(spec.until), spec.generation_kwargs.get("max_gen_toks")
+                    contexts[0],
+                    tuple(spec.until),
+                    spec.generation_kwargs.get("max_gen_toks"),
+                    spec.decoding.request_options(),
                 ),
             )
         choices = self.doc_to_choice(doc)

@@ -69,8 +69,13 @@ class LawFit:
 
 
 def _largest_tokens(records: Sequence[dict[str, Any]]) -> tuple[int, ...]:
-    most = max(r["tokens"] for r in records)
-    return tuple(i for i, r in enumerate(records) if r["tokens"] == most)
+    """The runs L(N) is fitted to: those trained on the token count the most sizes share, the largest such
+    count on a tie (a sweep with IsoFLOP budgets gives each size its own token count at each budget)."""
+    sizes: dict[int, set[int]] = {}
+    for r in records:
+        sizes.setdefault(r["tokens"], set()).add(r["non_embedding_params"])
+    tokens = max(sizes, key=lambda t: (len(sizes[t]), t))
+    return tuple(i for i, r in enumerate(records) if r["tokens"] == tokens)
 
 
 def compute_frontier_points(records: Sequence[dict[str, Any]]) -> tuple[int, ...]:
@@ -91,7 +96,7 @@ def fit_laws(records: Sequence[dict[str, Any]], *, n_boot: int = 200, seed: int 
     d = np.array([r["tokens"] for r in records], dtype=float)
     loss = np.array([r["final_eval_loss"] for r in records], dtype=float)
     flops = np.array([r["flops"] for r in records], dtype=float)
-    top_data = f"final held-out loss of the {len(top)} run(s) trained on {tokens:,} tokens (the most)"
+    top_data = f"final held-out loss of the {len(top)} run(s) trained on {tokens:,} tokens"
     plans = {
         "L(N)": (top_data, top, lambda i: fits.fit_power_law(n[i], loss[i], n_boot=n_boot, seed=seed)),
         "L(N) with E": (

@@ -74,8 +74,9 @@ def _size_handles(records: Sequence[dict[str, Any]], **style: Any) -> list[Line2
 
 
 def _budget_handles(styles: Mapping[int, str], key: str, **style: Any) -> list[Line2D]:
-    """Neutral legend entries for the token budgets (only when there are several)."""
-    if len(styles) < 2:
+    """Neutral legend entries for the token budgets (only when there are several, each its own style: an
+    IsoFLOP sweep gives every run its own token count, and those styles repeat)."""
+    if not 2 <= len(styles) == len(set(styles.values())):
         return []
     return [
         Line2D([], [], color="#777777", label=f"{human(tokens)} tokens", **{key: s}, **style)

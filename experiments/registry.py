@@ -14,6 +14,7 @@ A record holds:
 | final_train_loss | the last logged training loss (one batch) |
 | final_eval_loss | the held-out loss at the last step |
 | wall_time_s | seconds the runner spent on the point, over all attempts (null if the runner did not train it) |
+| cpu_time_s | CPU seconds (user + system, all threads) the runner's process spent on it, over all attempts |
 | tokens_per_s, mfu | medians over the logged intervals (the first step, mostly compilation, is never one) |
 | run_dir, eval_results | paths relative to the sweep directory: the run, and its latest eval/<step>.json or null |
 
@@ -49,6 +50,7 @@ RECORD_FIELDS = (
     "final_train_loss",
     "final_eval_loss",
     "wall_time_s",
+    "cpu_time_s",
     "tokens_per_s",
     "mfu",
     "run_dir",
@@ -92,7 +94,7 @@ def run_record(run_dir: RunDir, sweep_dir: SweepDir) -> dict[str, Any]:
     tokens = totals[-1]["tokens_seen"] if totals else run.steps * tokens_per_step
     flops = totals[-1]["flops_seen"] if totals else tokens * flops_per_token
     point_file = run_dir.sweep_point_file
-    wall_time = json.loads(point_file.read_text())["wall_time_s"] if point_file.is_file() else None
+    times = json.loads(point_file.read_text()) if point_file.is_file() else {}
     evals = run_dir.eval_results_files()
     return {
         "name": run_dir.name,
@@ -110,7 +112,8 @@ def run_record(run_dir: RunDir, sweep_dir: SweepDir) -> dict[str, Any]:
         "flops_6nd": 6.0 * counts.non_embedding * tokens,
         "final_train_loss": train[-1]["loss"],
         "final_eval_loss": held_out[-1]["eval_loss"],
-        "wall_time_s": wall_time,
+        "wall_time_s": times.get("wall_time_s"),
+        "cpu_time_s": times.get("cpu_time_s"),
         "tokens_per_s": _median(records, "tokens_per_s"),
         "mfu": _median(records, "mfu"),
         "run_dir": sweep_dir.relative(run_dir.path),

@@ -47,6 +47,7 @@ def _runs_table(records: Sequence[dict[str, Any]]) -> Table:
         "Train loss",
         "Held-out loss",
         "Wall s",
+        "CPU s",
         "Tokens/s",
         "MFU",
     )
@@ -62,12 +63,50 @@ def _runs_table(records: Sequence[dict[str, Any]]) -> Table:
             f"{r['final_train_loss']:.4f}",
             f"{r['final_eval_loss']:.4f}",
             _optional(r["wall_time_s"], ".1f"),
+            _optional(r["cpu_time_s"], ".1f"),
             "—" if r["tokens_per_s"] is None else human(r["tokens_per_s"]),
             _optional(r["mfu"], ".1%"),
         )
         for r in records
     )
     return Table(header, rows, frozenset(range(1, len(header))))
+
+
+def _summary_section(
+    records: Sequence[dict[str, Any]], laws: Mapping[str, LawFit], isoflop: IsoFlop, predictions: Sequence[Prediction]
+) -> list[Block]:
+    """The study's key numbers in a few lines: what was trained, the fitted exponents with their relative
+    bootstrap errors, the compute-optimal allocation, the prediction check, and the time it all took."""
+    sizes = sorted({r["non_embedding_params"] for r in records})
+    losses = [r["final_eval_loss"] for r in records]
+    lines = [
+        f"{len(records)} runs of {len(sizes)} sizes, N = {human(sizes[0])}–{human(sizes[-1])} non-embedding "
+        f"parameters ({sizes[-1] / sizes[0]:.0f}x), D = {human(min(r['tokens'] for r in records))}–"
+        f"{human(max(r['tokens'] for r in records))} tokens; final held-out loss {min(losses):.3f}–"
+        f"{max(losses):.3f} nats/token."
+    ]
+    fit = laws["L(N)"].fit
+    if fit is not None:
+        alpha, err = fit.params["alpha"], fit.stderr["alpha"]
+        lines.append(f"L(N) ({laws['L(N)'].data}): α_N = {pm(alpha, err)} (bootstrap error {err / alpha:.0%}).")
+    if laws["L(N, D)"].fit is not None:
+        lines.append(f"L(N, D): {laws['L(N, D)'].describe()}.")
+    if isoflop.fit is not None:
+        a, b = (pm(isoflop.fit.params[k], isoflop.fit.stderr[k]) for k in ("a", "b"))
+        lines.append(f"IsoFLOP (Approach 2, {len(isoflop.profiles)} budgets): a = {a}, b = {b}.")
+    for p in predictions:
+        lines.append(
+            f"{p.law} without the largest model predicted {p.predicted:.3f} for {p.run}; it reached "
+            f"{p.reached:.3f} ({(p.reached - p.predicted) / p.reached:+.1%})."
+        )
+    wall = [r["wall_time_s"] for r in records if r["wall_time_s"] is not None]
+    cpu = [r["cpu_time_s"] for r in records if r["cpu_time_s"] is not None]
+    if wall and cpu:
+        lines.append(
+            f"Training: {sum(wall):.0f} s of wall time and {sum(cpu):.0f} CPU-s summed over the runs (runs trained "
+            "side by side overlap in wall time)."
+        )
+    return [Heading(2, "Summary"), *(Text(f"- {line}") for line in lines)]
 
 
 def _laws_section(laws: Mapping[str, LawFit], n_boot: int) -> list[Block]:
@@ -360,6 +399,7 @@ def _write_files(
         blocks.append(
             Text("Failed in the last invocation: " + "; ".join(f"{f['name']} ({f['error']})" for f in failures))
         )
+    blocks += _summary_section(records, laws, isoflop, predictions)
     blocks += [
         Heading(2, "Runs"),
         _runs_table(records),

@@ -12,18 +12,25 @@ optim.learning_rate = 3e-3
 
 [axes]
 presets = ["tiny-25k", "tiny-80k"]     # model sizes (or [base].preset: one of the two)
-steps = [100, 200]                     # training lengths, or instead:
-# tokens = [1e5, 2e5]                  # token budgets: steps = ceil(tokens / (batch_size * seq_len)), or:
+steps = [100, 200]                     # training lengths, and/or:
+# tokens = [1e5, 2e5]                  # token budgets: steps = ceil(tokens / (batch_size * seq_len)), and/or:
 # flops = [1e12, 4e12]                 # compute budgets (IsoFLOP profiles): every preset at every budget,
                                        # steps = round(flops / (flops_per_token * batch_size * seq_len))
 seeds = [0, 1]                         # RunConfig.seed (initialisation and dropout); the data order is fixed
+
+[per_preset."tiny-80k"]                # optional: what differs for one size (a learning-rate or batch rule)
+optim.learning_rate = 2e-3
+
+[per_length."200steps"]                # optional: what differs for one length, named as in the point names
+fewshot.tasks = ["copa"]               # (e.g. "2Mtok", "1e12flops"): evaluate only these runs
 ```
 
-Points are the product presets x steps (or tokens, or flops) x seeds, in that order, each named
-`<preset>_<steps>steps_seed<seed>` (or `<preset>_<tokens>tok_seed<seed>`, `<preset>_<flops>flops_seed<seed>`),
-so a point keeps its name and run directory when other values are added to an axis. A point's preset is only
-looked up when the point runs, so one bad value fails that point alone; everything else in the file is checked
-on loading.
+Points are the product presets x lengths x seeds, in that order, where the lengths are the steps, then the
+tokens, then the flops values given (at least one axis), each named `<preset>_<steps>steps_seed<seed>`,
+`<preset>_<tokens>tok_seed<seed>` or `<preset>_<flops>flops_seed<seed>`, so a point keeps its name and run
+directory when other values are added to an axis. A point's config is [base], then its preset's
+[per_preset] table, then its length's [per_length] table. A point's preset is only looked up when the
+point runs, so one bad value fails that point alone; everything else in the file is checked on loading.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,7 @@ from gptjax.model import flops_per_token
 from gptjax.rundir import PathLike, as_path
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "sweeps"
-_TOP_KEYS = {"name", "description", "base", "axes"}
+_TOP_KEYS = {"name", "description", "base", "axes", "per_preset", "per_length"}
 _AXIS_KEYS = {"presets", "steps", "tokens", "flops", "seeds"}
 _SET_BY_SWEEP = {"run_dir", "steps", "seed"}  # keys the sweep sets itself; overriding them is an error
 
@@ -61,12 +68,15 @@ class Point:
     steps: int | None  # exactly one of steps, tokens and flops is set
     tokens: int | None
     flops: float | None = None  # training FLOPs by gptjax.model.FLOPS_CONVENTION
+    length: str = ""  # the length's label in the name ("200steps", "2Mtok", "1e12flops")
 
     def run_config(self, sweep: Sweep, run_dir: Path) -> RunConfig:
         """The full run config of this point (raises ConfigError for an unknown preset)."""
         run = apply_table(
             RunConfig(model=get_preset(self.preset)), {**sweep.base, "run_dir": os.fspath(run_dir), "seed": self.seed}
         )
+        run = apply_table(run, sweep.per_preset.get(self.preset, {}))
+        run = apply_table(run, sweep.per_length.get(self.length, {}))
         steps = self.steps
         per_step = run.batch_size * run.sequence_length
         if self.tokens is not None:
@@ -86,6 +96,8 @@ class Sweep:
     base: dict[str, Any]  # the [base] table without `preset`: what every point's RunConfig starts from
     points: tuple[Point, ...]
     text: str
+    per_preset: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset -> its overrides of [base]
+    per_length: dict[str, dict[str, Any]] = field(default_factory=dict)  # length label -> its overrides
 
 
 def embedded_sweeps() -> dict[str, Path]:
@@ -148,6 +160,21 @@ def _flops_label(flops: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _checked(run: RunConfig, table: dict[str, Any], where: str, place: str, reserved: set[str]) -> RunConfig:
+    """`run` with `table` applied; a key the sweep sets itself, or a bad key or value, fails the whole sweep
+    now, not every point later."""
+    swept = sorted({key for key, _ in flatten(table)} & reserved)
+    if swept:
+        raise SweepFileError(
+            f"{where} {place} sets {', '.join(swept)}, which the sweep sets per point "
+            "(use [axes] presets/steps/tokens/seeds; run directories go under the sweep directory)"
+        )
+    try:
+        return apply_table(run, table)
+    except ConfigError as err:
+        raise SweepFileError(f"{where} {place}: {err}") from None
+
+
 def load_sweep(path: PathLike) -> Sweep:
     """Parse and check a sweep file, local or gs:// (see the module docstring for its format)."""
     path = as_path(path)
@@ -168,16 +195,13 @@ def load_sweep(path: PathLike) -> Sweep:
         raise SweepFileError(f"{where}: description must be a string, got {description!r}")
 
     config = {k: v for k, v in base.items() if k != "preset"}
-    swept = sorted({key for key, _ in flatten(config)} & _SET_BY_SWEEP)
-    if swept:
-        raise SweepFileError(
-            f"{where} [base] sets {', '.join(swept)}, which the sweep sets per point "
-            "(use [axes] steps/tokens/seeds; run directories go under the sweep directory)"
-        )
-    try:
-        apply_table(RunConfig(), config)  # a bad key or value fails the whole sweep now, not every point later
-    except ConfigError as err:
-        raise SweepFileError(f"{where} [base]: {err}") from None
+    per_preset, per_length = _table(data, "per_preset", where), _table(data, "per_length", where)
+    base_run = _checked(RunConfig(), config, where, "[base]", _SET_BY_SWEEP)
+    for kind, tables in (("per_preset", per_preset), ("per_length", per_length)):
+        for key, table in tables.items():
+            if not isinstance(table, dict):
+                raise SweepFileError(f"{where} [{kind}.{key!r}] must be a table, got {table!r}")
+            _checked(base_run, table, where, f"[{kind}.{key!r}]", _SET_BY_SWEEP | {"preset"})
 
     presets = _list(axes, "presets", str, f"{where} [axes]")
     if "preset" in base and presets is not None:
@@ -189,8 +213,8 @@ def load_sweep(path: PathLike) -> Sweep:
     steps = _list(axes, "steps", int, f"{where} [axes]")
     tokens = _list(axes, "tokens", (int, float), f"{where} [axes]")
     flops = _list(axes, "flops", (int, float), f"{where} [axes]")
-    if sum(axis is not None for axis in (steps, tokens, flops)) != 1:
-        raise SweepFileError(f"{where} [axes] must give exactly one of steps, tokens and flops")
+    if steps is None and tokens is None and flops is None:
+        raise SweepFileError(f"{where} [axes] must give at least one of steps, tokens and flops")
     seeds = _list(axes, "seeds", int, f"{where} [axes]") or [0]
     if any(t != int(t) for t in tokens or []):
         raise SweepFileError(f"{where} [axes].tokens must be whole numbers of tokens, got {tokens}")
@@ -199,20 +223,25 @@ def load_sweep(path: PathLike) -> Sweep:
         if bad:
             raise SweepFileError(f"{where} [axes].{key} must be {'>= 0' if key == 'seeds' else 'positive'}, got {bad}")
 
-    lengths: list[tuple[int | None, int | None, float | None, str]] = (
-        [(s, None, None, f"{s}steps") for s in steps]
-        if steps is not None
-        else [(None, int(t), None, f"{_tokens_label(int(t))}tok") for t in tokens]
-        if tokens is not None
-        else [(None, None, float(f), f"{_flops_label(float(f))}flops") for f in flops or []]
-    )
+    lengths: list[tuple[int | None, int | None, float | None, str]] = [
+        *((s, None, None, f"{s}steps") for s in steps or []),
+        *((None, int(t), None, f"{_tokens_label(int(t))}tok") for t in tokens or []),
+        *((None, None, float(f), f"{_flops_label(float(f))}flops") for f in flops or []),
+    ]
+    for kind, tables, known in (
+        ("per_preset", per_preset, presets),
+        ("per_length", per_length, [x[3] for x in lengths]),
+    ):
+        unknown = sorted(set(tables) - set(known))
+        if unknown:
+            raise SweepFileError(f"{where} [{kind}] names {', '.join(unknown)}, not among {', '.join(known)}")
     points = tuple(
-        Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t, f)
+        Point(f"{preset}_{label}_seed{seed}", preset, seed, s, t, f, label)
         for preset in presets
         for s, t, f, label in lengths
         for seed in seeds
     )
-    return Sweep(name, description, config, points, text)
+    return Sweep(name, description, config, points, text, per_preset, per_length)
 
 
 __all__ = ["Point", "Sweep", "SweepFileError", "embedded_sweeps", "load_sweep", "resolve_sweep_file"]

@@ -10,11 +10,15 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import importlib
 import importlib.util
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from types import ModuleType
 
 from gptjax.errors import GptjaxError
 
@@ -104,10 +108,13 @@ def _hf_import(args: argparse.Namespace) -> int:
 
 def _hf_export(args: argparse.Namespace) -> int:
     from gptjax import hf
+    from gptjax.finetune.transforms import added_tokens
+    from gptjax.rundir import RunDir
     from gptjax.runs import load_for_inference
 
     params, cfg, _, _ = load_for_inference(args.run_dir, args.step)
-    hf.export_hf(params, cfg, args.out, tokenizer_dir=args.tokenizer_dir)
+    added = added_tokens(RunDir(args.run_dir).read_config())
+    hf.export_hf(params, cfg, args.out, tokenizer_dir=args.tokenizer_dir, added_tokens=added)
     print(f"exported to {args.out}")
     return 0
 
@@ -209,12 +216,58 @@ def default_jax_platforms(environ: dict[str, str] | os._Environ[str] = os.enviro
         environ["JAX_PLATFORMS"] = "cpu"
 
 
+# What TensorFlow's native libraries print to stderr as they load and probe for CUDA on a machine without a
+# GPU: notices, though "E0000 ... failed call to cuInit" reads like an error. TF_CPP_MIN_LOG_LEVEL cannot
+# hide them: most are written before TensorFlow's logging reads it.
+TENSORFLOW_NOTICES = (
+    "All log messages before absl::InitializeLog() is called",
+    "cudart_stub.cc",
+    "port.cc:153] oneDNN custom operations are on",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions:",
+    "cuda_platform.cc",
+    "cuda_executor.cc",
+)
+
+
+@contextlib.contextmanager
+def _without_notices(notices: tuple[str, ...]) -> Iterator[None]:
+    """Capture file descriptor 2 (native libraries write there, not to sys.stderr) and write back every
+    line that contains none of `notices`, also when the body raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(True) if not any(n.encode() in line for n in notices)]
+            os.write(2, b"".join(kept))
+
+
+def import_quietly(module: str) -> ModuleType:
+    """Import a command's module without TensorFlow's CPU-machine start-up notices: where no GPU device file
+    exists, the import (and, if it loaded TensorFlow, TensorFlow's device probe, which would otherwise print
+    on its first op) runs with `TENSORFLOW_NOTICES` filtered out of stderr."""
+    if any(glob.glob("/dev/nvidia[0-9]*")):
+        return importlib.import_module(module)
+    with _without_notices(TENSORFLOW_NOTICES):
+        imported = importlib.import_module(module)
+        if "tensorflow" in sys.modules:
+            sys.modules["tensorflow"].config.list_physical_devices()
+    return imported
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     default_jax_platforms()
     if argv and argv[0] in FORWARDED:
         module, function, _ = FORWARDED[argv[0]]
-        command = lambda: getattr(importlib.import_module(module), function)(argv[1:])  # noqa: E731
+        command = lambda: getattr(import_quietly(module), function)(argv[1:])  # noqa: E731
         name = argv[0]
     else:
         args = build_parser().parse_args(argv)

@@ -226,6 +226,7 @@ _PRESET_LIST = [
     _gpt3("gpt3-6.7b", 32, 4096, 32, 128, 2_000_000, 1.2e-4),
     _gpt3("gpt3-13b", 40, 5140, 40, 128, 2_000_000, 1.0e-4),
     _gpt3("gpt3-175b", 96, 12288, 96, 128, 3_200_000, 0.6e-4),
+    _tiny("tiny-10k", 2, 20, 2),
     _tiny("tiny-25k", 2, 32, 2),
     _tiny("tiny-80k", 3, 48, 3),
     _tiny("tiny-200k", 4, 64, 4),
@@ -248,11 +249,13 @@ def get_preset(name: str) -> ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW as GPT-3 trained: beta2 0.95, eps 1e-8, decoupled weight decay 0.1, clip 1.0, cosine to 10%."""
+    """AdamW as GPT-3 trained: beta2 0.95, eps 1e-8, decoupled weight decay 0.1, clip 1.0, cosine to 10%
+    (`schedule="linear"`: linear warm-up, then linear decay to min_lr_ratio, as GPT-1 fine-tuned)."""
 
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     decay_steps: int = 0  # 0 = decay over the whole run (train.steps)
+    schedule: Literal["cosine", "linear"] = "cosine"
     min_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -270,6 +273,8 @@ class OptimConfig:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.on_nonfinite not in ("error", "skip"):
             raise ConfigError(f"optim.on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'linear', got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -331,17 +336,21 @@ class HeldOutConfig:
 class FinetuneConfig:
     """GPT-1 supervised fine-tuning (gptjax/finetune): the labelled task ("" = not a fine-tuning run), the
     weight λ of the auxiliary LM loss on the transformed labelled text (L3 = L2 + λ·L1; 0 = the
-    classification loss alone) and the dropout on the extract token's state before the linear head."""
+    classification loss alone), the dropout on the extract token's state before the linear head, and what
+    trains: "all" parameters, or only the "head" and the new special-token rows (the transformer frozen)."""
 
     task: str = ""
     aux_lm_weight: float = 0.5
     clf_dropout: float = 0.1
+    trainable: Literal["all", "head"] = "all"
 
     def __post_init__(self) -> None:
         if self.aux_lm_weight < 0:
             raise ConfigError(f"finetune.aux_lm_weight must be >= 0, got {self.aux_lm_weight}")
         if not 0 <= self.clf_dropout < 1:
             raise ConfigError(f"finetune.clf_dropout must be in [0, 1), got {self.clf_dropout}")
+        if self.trainable not in ("all", "head"):
+            raise ConfigError(f"finetune.trainable must be 'all' or 'head', got {self.trainable!r}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -281,13 +282,20 @@ def _tokenizer_files(tokenizer_dir: Path) -> dict[str, Path]:
     return files
 
 
-def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def export_hf(
+    params: Params,
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    added_tokens: Mapping[str, int] | None = None,
+) -> Path:
     """Write `out_dir` so that `GPT2LMHeadModel.from_pretrained(out_dir)` loads `params` exactly.
 
     With `tokenizer_dir` (a GPT-2 BPE dir, HF `vocab.json`/`merges.txt` or OpenAI `encoder.json`/`vocab.bpe`),
     the tokenizer is copied too so `AutoTokenizer`/lm-eval can load the dir, and bos/eos are its
-    <|endoftext|>. Everything is checked before anything is written. Scanned parameters (`model.scan_layers`)
-    are unstacked: Hugging Face has one entry per layer.
+    <|endoftext|>; `added_tokens` (e.g. a fine-tuned run's special tokens, name -> id beyond the BPE
+    vocabulary) go to its tokenizer_config.json as special tokens. Everything is checked before anything is
+    written. Scanned parameters (`model.scan_layers`) are unstacked: Hugging Face has one entry per layer.
     """
     eos = GPT2_EOS if cfg.vocab_size > GPT2_EOS else None
     tokenizer = None
@@ -300,6 +308,13 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_d
                 f"outside model.vocab_size={cfg.vocab_size}"
             )
         eos = vocab.get("<|endoftext|>")
+        ids = set(vocab.values())
+        bad = {k: i for k, i in (added_tokens or {}).items() if k in vocab or i in ids or not 0 <= i < cfg.vocab_size}
+        if bad:
+            raise ConfigError(
+                f"added tokens {bad} clash with a name or id of {tokenizer['vocab.json']} or are not below "
+                f"model.vocab_size={cfg.vocab_size}"
+            )
     hf_config = config_to_hf(cfg, eos)
     _raise_shape_problems(
         _shape_problems(_param_shapes(abstract_params(cfg)), _param_shapes(params)),
@@ -316,6 +331,13 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_d
     save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     for target, source in (tokenizer or {}).items():
         shutil.copyfile(source, out_dir / target)
+    if tokenizer and added_tokens:
+        decoder = {
+            str(i): {"content": name, "special": True, "lstrip": False, "rstrip": False, "normalized": False}
+            for name, i in sorted(added_tokens.items(), key=lambda item: item[1])
+        }
+        tokenizer_config = {"added_tokens_decoder": decoder, "additional_special_tokens": list(added_tokens)}
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return out_dir
 
 

@@ -314,13 +314,22 @@ def plan(
 ) -> Plan:
     """Compile `run`'s train step on `devices` and report; with `search` (and a known HBM size), also the
     largest batch that fits, at most `max_per_chip` sequences per chip."""
+    mesh = sharding.make_mesh(run.mesh, devices)
+    m = run.model
+    with jax.set_mesh(mesh):
+        attention = model.attention_impl(m, run.sequence_length, general_masks=False)
+    if attention == "xla" and devices[0].platform == "tpu" and m.attn_dropout > 0:
+        log.warning(
+            "%s: model.attn_dropout=%g keeps attention on the XLA path (splash has no dropout), which libtpu's "
+            "compiler has crashed on with a stack overflow; model.attn_dropout=0 selects splash attention",
+            m.name,
+            m.attn_dropout,
+        )
     attempt = compile_step(run, devices)
     best = too_large = None
     compiles, seconds = 0, 0.0
     if search and hbm_bytes is not None:
         best, too_large, compiles, seconds = search_largest_batch(run, devices, attempt, max_per_chip)
-    mesh = sharding.make_mesh(run.mesh, devices)
-    m = run.model
     return Plan(
         model=m.name,
         target=target,
@@ -340,6 +349,7 @@ def plan(
             "remat": m.remat,
             "scan_layers": m.scan_layers,
             "attention_impl": m.attention_impl,
+            "attention": attention,  # the kernel `auto` resolved to for this target
             "loss_chunk": m.loss_chunk,
             "dtype": m.dtype,
             "micro_batches": run.micro_batches,

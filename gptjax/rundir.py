@@ -9,7 +9,9 @@ saved run config with a new one.
 <run_dir>/checkpoints/<step>/  orbax
 <run_dir>/eval/<step>.json     eval results at that step
 <run_dir>/icl/<step>.json      in-context-learning probe results at that step (eval/icl; same format)
-<run_dir>/finetune.json        a fine-tuning run's validation accuracy (gptjax/finetune)
+<run_dir>/finetune.json        a fine-tuning run's validation accuracy (gptjax/finetune; eval's results format)
+<run_dir>/align.json           an alignment stage's config and the runs it started from (gptjax/rlhf)
+<run_dir>/align_result.json    that stage's held-out figures (the RM's also its centring shift)
 <run_dir>/sweep_point.json     the wall time a sweep runner spent on this run
 <run_dir>/heartbeat.json       {"step", "time", "host"}: rewritten while training (tpu_scripts' keep-alive
                                loop relaunches a slice whose heartbeat goes stale)
@@ -173,6 +175,8 @@ class RunDir(_Directory):
     eval_dir = _Entry("eval")
     icl_dir = _Entry("icl")
     finetune_file = _Entry("finetune.json")
+    align_file = _Entry("align.json")
+    align_result_file = _Entry("align_result.json")
     sweep_point_file = _Entry("sweep_point.json")
     heartbeat_file = _Entry("heartbeat.json")
     profile_dir = _Entry("profile")

@@ -1,6 +1,7 @@
 """A run directory as a model store: a checkpoint's parameters, model config and vocabulary for inference
-(generation, evaluation, export). Only the `params` entry of the saved train state is read, so a reader
-needs neither the optimizer nor the trainer; the tokenizer is gptjax.plain_tokenizers', so reading a run
+(generation, evaluation, export). Only the `params` entry of the saved train state is read (of a fine-tuning
+run, its language model: the transformer with the new token rows, not the head), so a reader needs neither
+the optimizer nor the trainer; the tokenizer is gptjax.plain_tokenizers', so reading a run
 never imports TensorFlow."""
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def load_for_inference(run_dir: PathLike, step: int | None = None) -> tuple[Any,
         target = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), model.abstract_params(run.model)
         )
-        params = checkpointer.restore_subtree(step, {"params": target})["params"]
+        fine_tuned = bool(run.finetune.task)  # gptjax/finetune saves {"gpt": the LM, "head": its classifier}
+        params = checkpointer.restore_subtree(step, {"params": {"gpt": target} if fine_tuned else target})["params"]
     finally:
         checkpointer.close()
-    return params, run.model, get_tokenizer(run.data.vocab), step
+    return params["gpt"] if fine_tuned else params, run.model, get_tokenizer(run.data.vocab), step
 
 
 __all__ = ["load_for_inference"]

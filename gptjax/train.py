@@ -52,11 +52,19 @@ class TrainState:
 
 
 def learning_rate_schedule(run: RunConfig) -> optax.Schedule:
-    """Linear warm-up from 0, then cosine decay to min_lr_ratio * peak (and constant after)."""
+    """Linear warm-up from 0, then cosine (or linear) decay to min_lr_ratio * peak at decay_steps (and
+    constant after)."""
     o = run.optim
-    return optax.warmup_cosine_decay_schedule(
-        0.0, o.learning_rate, o.warmup_steps, o.decay_steps or run.steps, end_value=o.learning_rate * o.min_lr_ratio
-    )
+    end, total = o.learning_rate * o.min_lr_ratio, o.decay_steps or run.steps
+    if o.schedule == "linear":
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+                optax.linear_schedule(o.learning_rate, end, max(total - o.warmup_steps, 1)),
+            ],
+            [o.warmup_steps],
+        )
+    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, total, end_value=end)
 
 
 def weight_decay_mask(params: Any, run: RunConfig) -> Any:
@@ -72,9 +80,12 @@ def weight_decay_mask(params: Any, run: RunConfig) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
+def make_optimizer(run: RunConfig, trainable: Callable[[Any], Any] | None = None) -> optax.GradientTransformation:
+    """Clipped AdamW. With `trainable` (an Objective's: params -> a tree of booleans broadcasting to each
+    leaf), the gradients and the updates of False entries are zeroed, so clipping sees only what trains
+    and frozen parameters (or rows of one) stay bitwise unchanged, weight decay included."""
     o = run.optim
-    return optax.chain(
+    adamw = optax.chain(
         optax.clip_by_global_norm(o.grad_clip),
         optax.adamw(
             learning_rate_schedule(run),
@@ -85,6 +96,13 @@ def make_optimizer(run: RunConfig) -> optax.GradientTransformation:
             mask=lambda p: weight_decay_mask(p, run),
         ),
     )
+    if trainable is None:
+        return adamw
+    mask = lambda updates, params: jax.tree.map(  # noqa: E731
+        lambda u, t: jnp.where(t, u, jnp.zeros((), u.dtype)), updates, trainable(params)
+    )
+    freeze = optax.stateless(mask)
+    return optax.chain(freeze, adamw, freeze)
 
 
 def _cross_entropy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -143,7 +161,7 @@ def token_loss_sums(
 
 def _uses_dropout(run: RunConfig) -> bool:
     m = run.model
-    return max(m.embd_dropout, m.attn_dropout, m.resid_dropout) > 0
+    return max(m.embd_dropout, m.attn_dropout, m.resid_dropout, run.finetune.clf_dropout * bool(run.finetune.task)) > 0
 
 
 LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
@@ -160,6 +178,7 @@ class Objective:
     loss_fn: LossFn
     init_params: Callable[[jax.Array], Any]  # a PRNG key -> parameters
     logical_axes: Callable[[], Any]  # a tree of PartitionSpecs (logical names) in the parameters' shape
+    trainable: Callable[[Any], Any] | None = None  # params -> booleans per leaf (make_optimizer); None = all
 
 
 def lm_objective(run: RunConfig) -> Objective:
@@ -398,7 +417,7 @@ class Trainer:
         self.run_dir = RunDir(run.run_dir)
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.rules = run.mesh.rules
-        self.tx = make_optimizer(run)
+        self.tx = make_optimizer(run, self.objective.trainable)
         self.seq_len = run.sequence_length
         cache = as_path(run.data.cache_dir) if run.data.cache_dir else self.run_dir.default_data_cache
         self.dataset = dataset if dataset is not None else make_dataset(run.data, self.seq_len, cache)

@@ -382,9 +382,9 @@ def test_known_process_docs_is_lm_evals_hellaswag(tmp_path: Path) -> None:
     "extra,message",
     [
         ({"process_results": "!function utils.doc_to_text"}, r"process_results \(custom per-document scoring\)"),
-        ({"filter_list": "[{name: x, filter: [{function: majority_vote}]}]"}, "filter_list .* is not supported"),
+        ({"filter_list": "[{name: x, filter: [{function: take_first_k}]}]"}, "filter_list are only for"),
         ({"fewshot_config": "{sampler: first_n}"}, "fewshot_config .* is not supported"),
-        ({"repeats": "4"}, r"repeats \(repeated sampling\) is not supported"),
+        ({"repeats": "4"}, "repeats and filter_list are only for generate_until"),
         ({"doc_to_target": "!function os.system"}, r"doc_to_target: !function 'os.system' needs .*/os.py"),
         ({"doc_to_target": "!function utils.nothing"}, "defines no function 'nothing'"),
         ({"generation_kwargs": "{until: !function utils.doc_to_text}"}, "!function is only supported for"),

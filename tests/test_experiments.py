@@ -18,6 +18,7 @@ from experiments.registry import RECORD_FIELDS, read_registry, rebuild_registry
 from experiments.report import build_sweep_report
 from experiments.runner import SweepIncomplete, run_sweep
 from experiments.sweep import SweepFileError, embedded_sweeps, load_sweep
+from gptjax import cli as gptjax_cli
 from gptjax import model
 from gptjax.config import get_preset
 from gptjax.reporting import human, pm
@@ -155,6 +156,21 @@ def test_the_largest_model_is_predicted_by_fits_made_without_it():
     assert none.fit is None and "no compute budgets" in none.error
 
 
+def test_l_of_n_is_fitted_at_the_token_count_most_sizes_share():
+    sizes = [1e7, 3e7, 1e8]
+    budgeted = _synthetic_records([1e19, 1e20], sizes, noise=0.0, seed=0)  # each run its own token count
+    law = fits.Fit("chinchilla", CHINCHILLA, {}, 0, 0, 0.0)
+    fixed = [
+        {"name": f"{n:g}_1e9tok", "non_embedding_params": n, "tokens": 10**9, "flops": 6e9 * n}
+        | {"final_eval_loss": float(law.predict(n, 1e9))}
+        for n in sizes
+    ]
+    records = budgeted + fixed
+    laws = analysis.fit_laws(records, n_boot=5)
+    assert [records[i]["name"] for i in laws["L(N)"].points] == [r["name"] for r in fixed]
+    assert "trained on 1,000,000,000 tokens" in laws["L(N)"].data
+
+
 def test_isoflop_needs_three_sizes_per_budget_and_two_budgets():
     with pytest.raises(fits.FitError, match="at least 3 distinct sizes per budget; budget 1e\\+18 has 2"):
         fits.fit_isoflop([1e18] * 2 + [1e19] * 3, [1, 2, 1, 2, 3], [1] * 5, [3.0] * 5)
@@ -208,7 +224,28 @@ def test_compute_frontier_keeps_points_nothing_cheaper_beats():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sweep files.
+# Sweep files and the command's start-up.
+
+
+def test_commands_start_without_tensorflow_notices_and_keep_other_output(tmp_path, monkeypatch, capfd):
+    """gptjax/cli.py imports a command's modules with TensorFlow's CPU-machine notices (as TensorFlow 2.21
+    prints them) filtered out of file descriptor 2, and every other line kept, also when the import fails."""
+    notices = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796140130.2 8655 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+        "I0000 00:00:1796140130.2 8655 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU ...\n"
+        "E0000 00:00:1796140139.2 8655 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+    )
+    for name, tail in (("noisy_ok", ""), ("noisy_bad", "raise ImportError('broken')\n")):
+        (tmp_path / f"{name}.py").write_text(
+            f"import os\nos.write(2, {notices + 'a real warning' + chr(10)!r}.encode())\n{tail}"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert gptjax_cli.import_quietly("noisy_ok").__name__ == "noisy_ok"
+    assert capfd.readouterr().err == "a real warning\n"
+    with pytest.raises(ImportError, match="broken"):
+        gptjax_cli.import_quietly("noisy_bad")
+    assert capfd.readouterr().err == "a real warning\n"
 
 
 def _write_sweep(path: Path, presets: list[str], steps: list[int], cache: Path) -> Path:
@@ -254,10 +291,51 @@ def test_sweep_file_compute_budgets_give_each_size_its_steps(tmp_path):
         assert run.steps == round(3e9 / per_step) and abs(run.steps * per_step - 3e9) <= per_step / 2
 
 
+def test_per_preset_and_per_length_tables_refine_base_on_mixed_length_axes(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        "[base]\nbatch_size = 8\nseq_len = 32\noptim = { warmup_steps = 1, learning_rate = 3e-3 }\n"
+        '[axes]\npresets = ["tiny-25k", "tiny-200k"]\ntokens = [2560]\nflops = [3e9]\n'
+        "[per_preset.tiny-200k]\noptim.learning_rate = 1e-3\nbatch_size = 16\n"
+        '[per_length."2.56ktok"]\nfewshot.tasks = ["copa"]\n'
+    )
+    sweep = load_sweep(path)
+    names = [
+        "tiny-25k_2.56ktok_seed0",
+        "tiny-25k_3e9flops_seed0",
+        "tiny-200k_2.56ktok_seed0",
+        "tiny-200k_3e9flops_seed0",
+    ]
+    assert [p.name for p in sweep.points] == names
+    runs = [p.run_config(sweep, tmp_path / "run") for p in sweep.points]
+    assert [r.optim.learning_rate for r in runs] == [3e-3, 3e-3, 1e-3, 1e-3]  # [base] keeps its other optim keys
+    assert [r.optim.warmup_steps for r in runs] == [1] * 4 and [r.batch_size for r in runs] == [8, 8, 16, 16]
+    assert [r.fewshot.tasks for r in runs] == [("copa",), (), ("copa",), ()]
+    assert (runs[0].steps, runs[2].steps) == (10, 5)  # ceil(2560 / (B * 32)): each size's own batch B
+    per_step = model.flops_per_token(runs[3].model, 32) * 16 * 32
+    assert runs[3].steps == round(3e9 / per_step)
+
+
+def test_default_study_follows_its_documented_rules():
+    """scaling_study.toml: >= 6 sizes over >= 30x, all >= 2 layers, lr(N) = 3e-3 (N / 25k)^(-1/4) to two
+    digits, IsoFLOP budgets at every size, and the few-shot and ICL evaluations on the fixed-data runs."""
+    sweep = load_sweep(embedded_sweeps()["scaling_study"])
+    presets = list(dict.fromkeys(p.preset for p in sweep.points))
+    sizes = [model.param_count(get_preset(p)).non_embedding for p in presets]
+    assert len(presets) >= 6 and sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 30
+    assert min(get_preset(p).n_layer for p in presets) >= 2
+    for point in sweep.points:
+        run = point.run_config(sweep, Path("run"))
+        n = model.param_count(run.model).non_embedding
+        assert run.optim.learning_rate == float(f"{3e-3 * (n / 25e3) ** -0.25:.2g}"), point.name
+        assert bool(run.fewshot.tasks) == bool(run.icl.probes) == (point.tokens is not None)
+    assert len({p.flops for p in sweep.points if p.flops}) >= 3
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('[axes]\npresets = ["tiny-25k"]\nsteps = [5]\ntokens = [100]\n', "exactly one of steps, tokens and flops"),
+        ('[axes]\npresets = ["tiny-25k"]\n', "at least one of steps, tokens and flops"),
         (
             '[axes]\npresets = ["tiny-25k"]\nstep = [5]\n',
             "unknown key(s) step; valid keys: flops, presets, seeds, steps, tokens",
@@ -270,6 +348,15 @@ def test_sweep_file_compute_budgets_give_each_size_its_steps(tmp_path):
         ),
         ('[axes]\npresets = ["tiny-25k"]\nsteps = [0, 5]\n', "steps must be positive, got [0]"),
         ("[axes]\nsteps = [5]\n", "name the model(s)"),
+        (
+            '[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n[per_preset.tiny-80k]\nbatch_size = 4\n',
+            "[per_preset] names tiny-80k, not among tiny-25k",
+        ),
+        ('[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n[per_length.5steps]\nsteps = 4\n', "sets steps, which"),
+        (
+            '[axes]\npresets = ["tiny-25k"]\nsteps = [5]\n[per_length.5steps]\noptim.lr = 1\n',
+            "[per_length.'5steps']: unknown config key 'optim.lr'",
+        ),
     ],
 )
 def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
@@ -342,7 +429,7 @@ def test_a_bad_point_fails_alone_and_is_named(micro, capsys):
     assert f"Failed in the last invocation: {BAD}" in (micro.sweep_dir / "report" / "report.md").read_text()
 
     # The command line exits non-zero naming the point (the good ones are done, so nothing trains).
-    assert sweep_command([str(micro.bad_file), "--out", str(micro.sweep_dir), "--no-progress"]) == 1
+    assert sweep_command([str(micro.bad_file), "--out", str(micro.sweep_dir), "--no-progress", "--workers", "1"]) == 1
     assert f"1 of 3 points failed: {BAD}" in capsys.readouterr().err
     assert sweep_command(["--report-only", str(micro.sweep_dir)]) == 0
     assert "report.html" in capsys.readouterr().out
@@ -420,16 +507,25 @@ def test_report_includes_few_shot_results_of_the_runs(micro, tmp_path):
     assert "fewshot/report.html" in written and "fewshot/plots/aggregate.png" in markdown
 
 
-def test_micro_study_runs_end_to_end_and_reports_every_section(tmp_path):
+def test_micro_study_runs_end_to_end_and_reports_every_section(tmp_path, monkeypatch):
     """The default study's pipeline in miniature (experiments/sweeps/micro_study.toml): 4 sizes x 2 compute
-    budgets trained with few-shot evaluation, and a report with every section of the study."""
+    budgets trained by two single-threaded workers (as `gptjax sweep` does on a CPU) sharing one persistent
+    compilation cache, few-shot and ICL evaluation at the larger budget, and a report with every section."""
+    monkeypatch.setenv("GPTJAX_COMPILATION_CACHE", str(tmp_path / "jax-cache"))
+    monkeypatch.setenv("XLA_FLAGS", "")  # the workers are processes of their own: one CPU device each
     sweep_dir = tmp_path / "study"
-    result = run_sweep("micro_study", sweep_dir, progress=False, report=False)
+    result = runner.run_sweep_workers("micro_study", sweep_dir, workers=2, report=False)
     assert len(result.trained) == 8 and not result.failed
+    leases = {json.loads(f.read_text())["holder"] for f in SweepDir(sweep_dir).leases_dir.iterdir()}
+    assert leases == {"worker0", "worker1"}  # both trained points
+    records = read_registry(sweep_dir)
+    assert all(r["cpu_time_s"] > 0 and r["wall_time_s"] > 0 for r in records)
+    assert sum(bool(r["eval_results"]) for r in records) == 2  # tiny-10k and tiny-200k at 3e9 FLOPs
     build_sweep_report(sweep_dir, n_boot=10)
     markdown = (sweep_dir / "report" / "report.md").read_text()
     sections = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert sections[:7] == [
+    assert sections[:10] == [
+        "## Summary",
         "## Runs",
         "## Scaling laws",
         "## IsoFLOP profiles (Hoffmann et al., Approach 2)",
@@ -437,13 +533,17 @@ def test_micro_study_runs_end_to_end_and_reports_every_section(tmp_path):
         "## Context: published constants",
         "## Plots",
         "## Few-shot evaluation",
+        "## In-context learning probes",
+        "## Sweep file",
     ]
     # At seconds of training the smallest model wins every budget, so a parabola may have no minimum: the
     # section then says why N_opt ∝ C^a is not fitted; the profiles and Approach 3 are there either way.
     assert re.search(r"Approach 2: a = [-0-9.]+|N_opt ∝ C\^a not fitted: only \d budget", markdown)
-    assert re.search(r"\| 1\.5G \| 4 \| 25\.5k–448k \|", markdown) and "(plots/isoflop_profiles.png)" in markdown
+    assert re.search(r"\| 1\.5G \| 4 \| 10\.2k–200k \|", markdown) and "(plots/isoflop_profiles.png)" in markdown
     assert "Approach 3 on the same 8 runs (L(N, D) = E + A / N^α + B / D^β" in markdown
     for budget in ("1.5e9", "3e9"):  # the largest model's runs, predicted by L(N, D) fitted to the other 6
-        assert re.search(rf"\| tiny-450k_{budget}flops_seed0 \| L\(N, D\) \| \d\.\d{{4}} \|", markdown)
+        assert re.search(rf"\| tiny-200k_{budget}flops_seed0 \| L\(N, D\) \| \d\.\d{{4}} \|", markdown)
+        assert re.search(rf"L\(N, D\) without the largest model predicted \d\.\d{{3}} for tiny-200k_{budget}", markdown)
     assert "| α_N (L(N)) |" in markdown and "| 0.076 |" in markdown
-    assert "(fewshot/report.md)" in markdown
+    assert "(fewshot/report.md)" in markdown and "(icl/report.md)" in markdown
+    assert re.search(r"Training: \d+ s of wall time and \d+ CPU-s summed over the runs", markdown)

@@ -5,21 +5,31 @@ composition of L2 + λ·L1, the new vocabulary rows, real-task rows, learning ab
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
-from gptjax import config, train
+from eval.report import build_report, load_results
+from gptjax import cli, config, hf, model, train
+from gptjax.checkpoint import Checkpointer
 from gptjax.config import ModelConfig, RunConfig
 from gptjax.finetune.objective import class_logits, extended_model, finetune_objective, lm_loss_per_example
-from gptjax.finetune.run import ExampleDataset, accuracy
+from gptjax.finetune.run import ExampleDataset, accuracy, results_file
 from gptjax.finetune.tasks import TASKS, Task, load_examples
 from gptjax.finetune.transforms import Example, SpecialTokens, encode_examples, transform
-from gptjax.hooks import add_standard_hooks
+from gptjax.hooks import CheckpointSaver
 from gptjax.plain_tokenizers import ByteTokenizer
-from tests.requirements import need_data
+from gptjax.rundir import RunDir
+from tests.requirements import need_data, need_modules
 
 BASE = ModelConfig(name="ft-test", vocab_size=257, n_ctx=48, n_layer=1, n_head=2, d_model=32)
 SPECIAL = SpecialTokens.after(BASE.vocab_size)
@@ -28,6 +38,7 @@ encode = ByteTokenizer().encode
 CLASSIFY = Task("toy", "classify", 1, 3, parse=lambda row: Example(((row["text"],),), 0))
 SIMILAR = Task("toy_sim", "similarity", 2, 3, parse=lambda row: Example(((row["a"], row["b"]),), 0))
 CHOICE = Task("toy_mc", "choice", 3, 3, parse=lambda row: Example(((row["q"], row["a"]),), 0))
+SOURCE = Task("source", "classify", 1, 2, parse=lambda row: Example(((row["text"],),), 0))
 
 
 def make_run(weight: float = 0.5, dropout: float = 0.0, **overrides) -> RunConfig:
@@ -133,8 +144,6 @@ def test_lambda_zero_is_the_classification_loss_and_the_aux_term_is_the_lm_loss_
 
 
 def test_special_tokens_are_new_rows_and_pretrained_rows_are_kept():
-    from gptjax import model
-
     pretrained = model.init_params(BASE, jax.random.key(3))
     run = make_run()
     params = finetune_objective(run, CLASSIFY, pretrained).init_params(jax.random.key(0))
@@ -185,31 +194,164 @@ def _trainer(run: RunConfig, task: Task, train_examples: list[Example], val: lis
 
 
 def test_a_tiny_model_learns_a_real_task_well_above_chance(tmp_path):
-    task = Task("source", "classify", 1, 2, parse=lambda row: Example(((row["text"],),), 0))
     train_examples, val = _corpus_source_data(256)
     run = make_run(run_dir=str(tmp_path), steps=60, batch_size=16, seq_len=48, **{"optim.learning_rate": 3e-3})
-    trainer = _trainer(run, task, train_examples, val)
+    trainer = _trainer(run, SOURCE, train_examples, val)
     trainer.restore_or_init()
     trainer.train()
-    result = accuracy(trainer, task, trainer.dataset.splits["validation"], 16)  # type: ignore[attr-defined]
+    result = accuracy(trainer, SOURCE, trainer.dataset.splits["validation"], 16)  # type: ignore[attr-defined]
     assert result["num_examples"] == 512
     assert result["acc"] > 0.65, result  # chance is 0.5 (balanced classes); 0.65 is 7 standard errors above
 
 
-def test_a_finetuning_run_resumes_bitwise(tmp_path):
-    task = Task("source", "classify", 1, 2, parse=lambda row: Example(((row["text"],),), 0))
+def _resume_trainer(run_dir: str) -> tuple[train.Trainer, int]:
+    """The resume test's run (4 steps, a checkpoint every 2, dropout in the head on), restored or initialised."""
     train_examples, val = _corpus_source_data(16)
-    common = {"optim.decay_steps": 4, "checkpoint.every": 2, "seq_len": 32, "batch_size": 8}
-    trainers, starts = [], []
-    for directory, steps in [("a", 4), ("b", 2), ("b", 4)]:  # b: 2 steps, then resumed from its checkpoint
-        trainer = _trainer(
-            make_run(run_dir=str(tmp_path / directory), steps=steps, **common), task, train_examples, val
-        )
-        starts.append(trainer.restore_or_init())
-        add_standard_hooks(trainer, progress=False)  # the checkpoint saver among them
-        trainer.train()
-        trainers.append(trainer)
-    assert starts == [0, 0, 2]
-    straight, resumed = trainers[0], trainers[2]
+    overrides = {"checkpoint.every": 2, "seq_len": 32, "batch_size": 8}
+    trainer = _trainer(make_run(dropout=0.1, run_dir=run_dir, **overrides), SOURCE, train_examples, val)
+    start = trainer.restore_or_init()
+    trainer.add_hook(CheckpointSaver(trainer), every=2)
+    return trainer, start
+
+
+def run_until_killed(run_dir: str) -> None:
+    """In a child process: train, and SIGKILL this process during step 3, once step 2's checkpoint is on disk."""
+    trainer, _ = _resume_trainer(run_dir)
+
+    def kill(info: train.StepInfo) -> None:
+        if info.step == 3:
+            trainer.checkpointer.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.add_hook(kill, every=1)
+    trainer.train()
+
+
+def test_a_finetuning_run_resumes_bitwise_after_a_kill(tmp_path):
+    child = f"from tests.test_finetune import run_until_killed; run_until_killed({str(tmp_path / 'b')!r})"
+    killed = subprocess.run([sys.executable, "-c", child], cwd=Path(__file__).parents[1], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-3000:]
+    (straight, start_a), (resumed, start_b) = _resume_trainer(str(tmp_path / "a")), _resume_trainer(str(tmp_path / "b"))
+    assert (start_a, start_b) == (0, 2)
+    resumed.step_fn = straight.step_fn  # the same program (same config and shardings): one compile, not two
+    straight.train(), resumed.train()
     for x, y in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):  # params, Adam moments, step
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def head_trained(tmp_path_factory):
+    """(parameters before, trainer after) 2 steps of finetune.trainable=head on an untied model."""
+    tmp_path = tmp_path_factory.mktemp("head")
+    untied = dataclasses.replace(BASE, tie_embeddings=False)
+    run = make_run(
+        run_dir=str(tmp_path), steps=2, batch_size=8, **{"finetune.trainable": "head", "optim.learning_rate": 1e-2}
+    )
+    # Weight decay on everything: frozen parameters must not decay either.
+    run = config.override(
+        dataclasses.replace(run, model=extended_model(untied)),
+        ["optim.decay_embeddings=true", "optim.decay_biases_and_norms=true"],
+    )
+    examples = [Example(((f"text number {i}",),), i % 3) for i in range(8)]
+    trainer = _trainer(run, CLASSIFY, examples, examples)
+    trainer.restore_or_init()
+    before = jax.tree.map(np.asarray, trainer.current_state().params)
+    trainer.train()
+    return before, trainer
+
+
+def test_head_only_training_leaves_every_pretrained_parameter_bitwise_unchanged(head_trained):
+    before, trainer = head_trained
+    after = jax.tree.map(np.asarray, trainer.current_state().params)
+    v = BASE.vocab_size
+    for path, x in jax.tree_util.tree_leaves_with_path(before["gpt"]):
+        y = after["gpt"]
+        for key in path:
+            y = y[key.key]
+        name = path[-1].key
+        if name == "wte":
+            np.testing.assert_array_equal(y[:v], x[:v])
+            assert (y[v:] != x[v:]).all(axis=1).any(), "the new rows train"
+        elif name == "lm_head":
+            np.testing.assert_array_equal(y[:, :v], x[:, :v])
+            assert (y[:, v:] != x[:, v:]).any(), "the new columns train"
+        else:
+            np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(path))
+    assert all((a != b).any() for a, b in zip(jax.tree.leaves(before["head"]), jax.tree.leaves(after["head"])))
+
+
+def test_paper_schedule_is_linear_warmup_then_linear_decay_and_the_head_has_dropout():
+    assert train._uses_dropout(make_run(dropout=0.1)) and not train._uses_dropout(make_run(dropout=0.0))
+    run = make_run(steps=1000, **{"optim.schedule": "linear", "optim.warmup_steps": 2, "optim.min_lr_ratio": 0})
+    lr = train.learning_rate_schedule(run)
+    peak = run.optim.learning_rate
+    values = [float(lr(s)) for s in (0, 1, 2, 501, 1000, 1200)]
+    np.testing.assert_allclose(values, [0, peak / 2, peak, peak / 2, 0, 0], rtol=1e-6, atol=1e-12)
+
+
+def test_hf_export_of_a_finetuned_run_carries_the_new_tokens(tmp_path):
+    (bpe,) = need_data("tokenizers/gpt2")
+    base = dataclasses.replace(BASE, vocab_size=50257)
+    run = dataclasses.replace(make_run(run_dir=str(tmp_path / "ft"), batch_size=8), model=extended_model(base))
+    run = config.override(run, ["data.vocab=gpt2"])
+    state = train.init_state(
+        run,
+        train.make_optimizer(run),
+        jax.random.key_data(jax.random.key(0)),
+        objective=finetune_objective(run, CLASSIFY, None),
+    )
+    RunDir(run.run_dir).write_config(run)
+    checkpointer = Checkpointer(RunDir(run.run_dir).checkpoints_dir)
+    checkpointer.save(0, state)
+    checkpointer.wait()
+    checkpointer.close()
+    out = tmp_path / "hf"
+    assert cli.main(["hf-export", "--run-dir", run.run_dir, "--out", str(out), "--tokenizer-dir", str(bpe)]) == 0
+    cfg, imported = hf.import_hf(out)
+    assert cfg.vocab_size == 50260
+    tokens = jnp.array([[50257, 464, 3290, 50258, 318, 50259]])
+    np.testing.assert_allclose(
+        model.forward(imported, tokens, cfg),
+        model.forward(state.params["gpt"], tokens, run.model),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    (transformers,) = need_modules("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 50260
+    assert tokenizer.convert_tokens_to_ids(["_start_", "_delimiter_", "_classify_"]) == [50257, 50258, 50259]
+
+
+def test_report_shows_the_finetuned_model_beside_zero_and_few_shot_results(tmp_path, head_trained):
+    _, trainer = head_trained
+    metrics = accuracy(trainer, CLASSIFY, trainer.dataset.splits["validation"], 8)  # type: ignore[attr-defined]
+    finetuned = tmp_path / "finetuned.json"
+    finetuned.write_text(json.dumps(results_file(trainer, CLASSIFY, metrics, trainer.dataset)))  # type: ignore[arg-type]
+    fewshot = {
+        "model": {"name": "ft-test", "params": 20000, "non_embedding_params": 12000, "checkpoint": None, "step": 9},
+        "tokenizer": "byte",
+        "created": "2026-12-01T00:00:00+00:00",
+        "gptjax_version": "0",
+        "results": [
+            {
+                "task": "toy",
+                "split": "validation",
+                "num_fewshot": k,
+                "fewshot_split": "train" if k else "",
+                "seed": 1234,
+                "num_docs": 8,
+                "metrics": {"acc": acc, "acc_stderr": 0.1},
+                "example_prompt": "text",
+            }
+            for k, acc in ((0, 0.25), (4, 0.375))
+        ],
+    }
+    (tmp_path / "fewshot.json").write_text(json.dumps(fewshot))
+    run = load_results(finetuned)
+    assert run.name == "ft-test fine-tuned on toy" and run.step == 2
+    assert run.results[0].metrics == {"acc": metrics["acc"], "acc_stderr": metrics["acc_stderr"]}
+    build_report([tmp_path / "fewshot.json", finetuned], tmp_path / "report")
+    rows = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("| toy")]
+    zero_shot, few_shot = (next(r for r in rows if f"| {k} |" in r) for k in (0, 4))
+    assert "25.0" in zero_shot and f"{100 * metrics['acc']:.1f}" in zero_shot  # the same row: K = 0, both models
+    assert "37.5" in few_shot and "—" in few_shot  # the fine-tuned model has no few-shot result

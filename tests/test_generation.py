@@ -4,7 +4,9 @@ decoding options through the eval path, GPT-2 / lm-eval prompt strings, and the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import jax
 import jinja2
@@ -13,12 +15,17 @@ import yaml
 
 from tests.requirements import need_modules
 
-lm_eval_metrics, lm_eval_filters, lm_eval_selection = need_modules(
-    "lm_eval.api.metrics", "lm_eval.filters.extraction", "lm_eval.filters.selection"
+lm_eval_metrics, lm_eval_filters, lm_eval_selection, lm_eval_filters_api = need_modules(
+    "lm_eval.api.metrics", "lm_eval.filters.extraction", "lm_eval.filters.selection", "lm_eval.filters"
 )
 
 from eval import arithmetic, cot, generation, text_metrics  # noqa: E402  (after the optional-package check)
 from eval import metrics as M  # noqa: E402
+from eval.gptjax_lm import GptjaxLM  # noqa: E402
+from eval.lm import ModelInfo  # noqa: E402
+from eval.registry import TaskError, TaskSpec, get_spec, spec_from_dict  # noqa: E402
+from eval.runner import evaluate  # noqa: E402
+from eval.task import Task  # noqa: E402
 from gptjax.config import ModelConfig  # noqa: E402
 from gptjax.model import init_params  # noqa: E402
 from gptjax.plain_tokenizers import ByteTokenizer  # noqa: E402
@@ -120,23 +127,6 @@ def test_decoding_options_are_validated():
             generation.Decoding(**bad)
 
 
-def test_sampling_seeds_top_k_one_and_beam_one_in_the_eval_path(params):
-    contexts = ["12+34=", "7+8=", "100+1="]
-    greedy = generation.generate(params, CFG, VOCAB, contexts, generation.Decoding(max_tokens=12), batch_size=4)
-    assert [len(g) for g in greedy] == [1, 1, 1]
-    sample = generation.Decoding("sample", max_tokens=12, temperature=1.5, seed=3, num_samples=4)
-    first = generation.generate(params, CFG, VOCAB, contexts, sample, batch_size=4)
-    assert first == generation.generate(params, CFG, VOCAB, contexts, sample, batch_size=4)
-    assert [len(g) for g in first] == [4, 4, 4]
-    assert len({s for g in first for s in g}) > 3, "independent samples at T=1.5 should differ"
-    other = generation.generate(params, CFG, VOCAB, contexts, dataclasses.replace(sample, seed=4), batch_size=4)
-    assert other != first
-    top1 = generation.Decoding("sample", max_tokens=12, top_k=1, num_samples=2)
-    assert generation.generate(params, CFG, VOCAB, contexts, top1, batch_size=4) == [g * 2 for g in greedy]
-    beam1 = generation.Decoding("beam", max_tokens=12, num_beams=1)
-    assert generation.generate(params, CFG, VOCAB, contexts, beam1, batch_size=4) == greedy
-
-
 def test_evaluate_votes_and_scores_each_document(params):
     docs = [{"question": f"{a}+{b}", "answer": f"steps\n#### {a + b}"} for a, b in [(1, 2), (30, 4), (5, 5)]]
     decoding = generation.Decoding("sample", max_tokens=8, until=("\n",), temperature=2.0, num_samples=5)
@@ -144,6 +134,8 @@ def test_evaluate_votes_and_scores_each_document(params):
     # a filter that reads the first generated character, so the vote is over real, varied answers
     task = dataclasses.replace(task, extract=lambda text: text[:1] or cot.FALLBACK)
     result = generation.evaluate(params, CFG, VOCAB, task, bootstrap_iters=0, batch_size=8)
+    assert generation.evaluate(params, CFG, VOCAB, task, bootstrap_iters=0, batch_size=8) == result  # fixed seed
+    assert len({g for s in result["samples"] for g in s["generations"]}) > 5, "independent samples at T=2 differ"
     assert result["decoding"]["num_samples"] == 5 and result["num_docs"] == 3
     for sample, doc in zip(result["samples"], docs):
         assert sample["prompt"].endswith(f"Question: {doc['question']}\nAnswer:")
@@ -204,12 +196,18 @@ def test_addition_formats_are_correct_and_readable_back():
     assert arithmetic.example(357, 468, "plain") == "357+468=825\n"
     assert arithmetic.example(357, 468, "reversed") == "357+468=528\n"
     assert arithmetic.example(357, 468, "scratchpad") == "357+468=7+8+0=15,5+6+1=12,3+4+1=8|825\n"
+    assert [arithmetic.target(357, 468, "multipath", v) for v in range(3)] == [
+        "7+8+0=15,5+6+1=12,3+4+1=8|825",
+        "357+400=757,757+60=817,817+8=825|825",
+        "468+300=768,768+50=818,818+7=825|825",
+    ]
     for a, b in arithmetic.problems(200, 4, seed=0):
         assert 1000 <= a <= 9999 and 1000 <= b <= 9999
         for fmt in arithmetic.FORMATS:
-            line = arithmetic.example(a, b, fmt)
-            assert set(line) <= set(arithmetic.ALPHABET)
-            assert arithmetic.answer(fmt)(line[len(arithmetic.prompt(a, b)) :]) == str(a + b)
+            for variant in range(arithmetic.N_VARIANTS[fmt]):
+                line = arithmetic.example(a, b, fmt, variant)
+                assert set(line) <= set(arithmetic.ALPHABET)
+                assert arithmetic.answer(fmt)(line[len(arithmetic.prompt(a, b)) :]) == str(a + b)
         steps = arithmetic.scratchpad(a, b).split(",")
         carry = 0
         for step, x, y in zip(steps, str(a)[::-1], str(b)[::-1]):
@@ -217,3 +215,194 @@ def test_addition_formats_are_correct_and_readable_back():
             carry = (int(x) + int(y) + carry) // 10
     assert arithmetic.problems(5, 3, seed=1) == arithmetic.problems(5, 3, seed=1)
     assert arithmetic.answer("scratchpad")("1+2+0=3") == cot.FALLBACK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Task YAMLs: decoding options, lm-eval filter pipelines and self-consistency through eval.runner.
+
+LM_EVAL_GSM8K = Path(lm_eval_metrics.__file__).parent.parent / "tasks" / "gsm8k"
+GSM8K_DOCS = [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}.\n#### {a + b}"} for a, b in
+              [(1, 2), (3, 4), (10, 5), (2, 2), (6, 1), (7, 7), (20, 1), (8, 3)]]  # fmt: skip
+
+
+class ScriptedLM:
+    """A LanguageModel answering its i-th generation request (in the order sent) with `script[i]`, or every
+    request with the same text."""
+
+    info = ModelInfo("scripted", params=1, non_embedding_params=1)
+    tokenizer_name, max_length = "none", 2048
+
+    def __init__(self, script: list[str] | str) -> None:
+        self.script, self.requests = script, []
+
+    def generate_until(self, requests):
+        self.requests += requests
+        if isinstance(self.script, str):
+            return [self.script] * len(requests)
+        assert len(requests) == len(self.script)
+        return list(self.script)
+
+
+def _gsm8k_files(tmp_path: Path) -> dict[str, str]:
+    files = {"train": tmp_path / "train.jsonl", "test": tmp_path / "test.jsonl"}
+    for split, docs in (("train", GSM8K_DOCS[:6]), ("test", GSM8K_DOCS[6:])):
+        files[split].write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return {split: str(path) for split, path in files.items()}
+
+
+def _lm_eval_yaml(tmp_path: Path, name: str, **changes) -> Path:
+    """lm-eval's own gsm8k task YAML (`name`, with keys of `changes` replaced) reading the local JSONL files."""
+    raw = yaml.safe_load((LM_EVAL_GSM8K / name).read_text())
+    if "include" in raw:  # gsm8k-cot's examples are a fixed list (fewshot_config), so keep gsm8k's prompt
+        raw = yaml.safe_load((LM_EVAL_GSM8K / "gsm8k.yaml").read_text()) | raw
+        del raw["include"]
+    raw |= {"dataset_path": "json", "dataset_kwargs": {"data_files": _gsm8k_files(tmp_path)}} | changes
+    del raw["dataset_name"]
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _lm_eval_filtered(filter_list: list[dict], responses: list[list[str]]) -> dict[str, list[str]]:
+    """lm-eval's own FilterEnsembles applied to each document's responses."""
+    out = {}
+    for entry in filter_list:
+        components = [(f["function"], {k: v for k, v in f.items() if k != "function"}) for f in entry["filter"]]
+        resps = [list(r) for r in responses]
+        for f in lm_eval_filters_api.build_filter_ensemble(entry["name"], components).filters:
+            resps = list(f().apply(resps, [{}] * len(responses)))
+        out[entry["name"]] = resps
+    return out
+
+
+def test_lm_evals_gsm8k_yaml_runs_with_both_filter_pipelines(tmp_path):
+    path = _lm_eval_yaml(tmp_path, "gsm8k.yaml")
+    script = ["20 + 1 = 21.\n#### 21", "8 + 3 is 11, so 11."]  # strict: 21 and [invalid]; flexible: 21 and 11.
+    lm = ScriptedLM(script)
+    result = evaluate(lm, [path], bootstrap_iters=0)["results"][0]
+    assert [r.until for r in lm.requests] == [("Question:", "</s>", "<|im_end|>")] * 2
+    assert all(r.options == () for r in lm.requests)  # do_sample false, temperature 0: greedy
+    assert lm.requests[0].context.count("Question:") == 6  # num_fewshot 5, then the document
+    assert result["filters"]["strict-match"]["exact_match"] == 0.5 == result["metrics"]["exact_match"]
+    assert result["filters"]["flexible-extract"]["exact_match"] == 1.0  # "11." less the ignored "\\.$" is 11
+    theirs = _lm_eval_filtered(get_spec(path).filter_list, [[s] for s in script])
+    assert [s["by_filter"][name]["prediction"] for name in theirs for s in result["samples"]] == [
+        a for name in theirs for a in theirs[name]
+    ]
+
+
+def test_self_consistency_yaml_votes_exactly_as_lm_eval(tmp_path):
+    """lm-eval's gsm8k-cot-self-consistency (64 sampled paths; score-first, maj@64, maj@8) on two documents."""
+    path = _lm_eval_yaml(tmp_path, "gsm8k-cot-self-consistency.yaml")
+    spec = get_spec(path)
+    assert (spec.repeats, spec.decoding.method, spec.decoding.temperature) == (64, "sample", 0.2)
+    answer = "Thus: The answer is {}."
+    # doc 21: the first path is wrong, 40 of 64 say 21 (maj@64 right), the first 8 say 22 x5, 21 x3 (maj@8 wrong)
+    doc1 = [answer.format(22)] * 5 + [answer.format(21)] * 3 + [answer.format(21)] * 37 + ["no answer"] * 19
+    # doc 11: the first path is right; unparsable paths ([invalid]) outvote it over 64 but not over the first 8
+    doc2 = [answer.format(11)] * 4 + ["I do not know"] * 4 + ["I do not know"] * 30 + [answer.format(11)] * 26
+    lm = ScriptedLM(doc1 + doc2)
+    result = evaluate(lm, [path], bootstrap_iters=0)["results"][0]
+    keys = {r.options for r in lm.requests}
+    assert keys == {(("method", "sample"), ("seed", 0), ("temperature", 0.2), ("top_k", None), ("top_p", None))}
+    got = {name: values["exact_match"] for name, values in result["filters"].items()}
+    assert got == {"score-first": 0.5, "maj@64": 0.5, "maj@8": 0.5}
+    assert [s["by_filter"]["maj@64"]["prediction"] for s in result["samples"]] == ["21", cot.FALLBACK]
+    assert [s["by_filter"]["maj@8"]["prediction"] for s in result["samples"]] == ["22", "11"]
+    assert result["samples"][0]["generations"] == doc1 and result["decoding"]["num_samples"] == 64
+    theirs = _lm_eval_filtered(spec.filter_list, [doc1, doc2])
+    assert {n: [s["by_filter"][n]["prediction"] for s in result["samples"]] for n in theirs} == theirs
+
+
+SAMPLE4 = {"repeats": 4, "generation_kwargs": {"do_sample": True}}
+
+
+@pytest.mark.parametrize(
+    "keys,message",
+    [
+        ({"generation_kwargs": {"temperature": 0.7}}, r"\['temperature'\] need do_sample: true"),
+        ({"generation_kwargs": {"top_k": 5}}, r"\['top_k'\] need do_sample: true"),
+        ({"generation_kwargs": {"do_sample": True, "top_k": 0}}, "top_k=0 must be >= 1"),
+        ({"generation_kwargs": {"do_sample": True, "top_p": 1.5}}, r"top_p=1.5 must be in \(0, 1\]"),
+        ({"generation_kwargs": {"do_sample": "yes"}}, "do_sample must be true or false"),
+        ({"generation_kwargs": {"do_sample": True, "num_beams": 4}}, "beam search .* excludes do_sample"),
+        ({"generation_kwargs": {"max_new_tokens": 5}}, r"unknown generation_kwargs \['max_new_tokens'\]"),
+        ({"generation_kwargs": {"max_gen_toks": 0}}, "max_gen_toks must be >= 1"),
+        ({"generation_kwargs": {"until": 3}}, "until must be a string or a list of strings"),
+        ({"repeats": 0}, "repeats must be a positive integer"),
+        ({"repeats": 4}, "repeats 4 needs do_sample: true"),
+        ({"filter_list": [{"name": "x", "filter": [{"function": "vote"}]}]}, r"\(x\) filter\[0\]: function 'vote'"),
+        (
+            {"filter_list": [{"name": "x", "filter": [{"function": "regex", "pattern": "a"}]}]},
+            r"no options \['pattern'",
+        ),
+        (SAMPLE4 | {"filter_list": [{"name": "x", "filter": [{"function": "take_first_k", "k": 5}]}]}, "k=5 needs"),
+        (SAMPLE4 | {"filter_list": [{"name": "x", "filter": [{"function": "regex"}]}]}, r"\(x\) leaves 4 responses"),
+    ],
+)
+def test_bad_decoding_options_name_the_key_and_the_file(tmp_path, keys, message):
+    path = tmp_path / "task.yaml"
+    base = {"task": "t", "test_split": "test", "doc_to_text": "{{question}}", "doc_to_target": "{{answer}}"}
+    path.write_text(yaml.safe_dump(base | keys))
+    with pytest.raises(TaskError, match=f"{path}: .*{message}"):
+        get_spec(path)
+
+
+@pytest.fixture(scope="module")
+def byte_lm(params):
+    """The module's model without its 7 padding rows of the (tied) embedding: GptjaxLM needs the tokenizer's size."""
+    return GptjaxLM(
+        {**params, "wte": params["wte"][: VOCAB.vocab_size]}, dataclasses.replace(CFG, vocab_size=257), VOCAB
+    )
+
+
+def test_task_path_seeds_top_k_one_and_beam_one(tmp_path, byte_lm):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"q": q, "a": "x"}) + "\n" for q in ["12+34=", "7+8=", "100+1=", "5"]))
+
+    def spec(name: str, repeats: int = 1, **kwargs) -> TaskSpec:
+        return spec_from_dict(
+            {"task": name, "data_files": {"test": str(docs)}, "test_split": "test", "doc_to_text": "{{q}}",
+             "doc_to_target": "a", "repeats": repeats, "generation_kwargs": {"until": [], "max_gen_toks": 6} | kwargs}
+        )  # fmt: skip
+
+    tasks = [
+        spec("greedy"),
+        spec("sample", 3, do_sample=True, temperature=1.5, seed=3),
+        spec("again", 3, do_sample=True, temperature=1.5, seed=3),
+        spec("other_seed", 3, do_sample=True, temperature=1.5, seed=4),
+        spec("top_k_1", 2, do_sample=True, top_k=1),
+        spec("beam_1", num_beams=1, length_penalty=0.0),
+    ]
+    results = {r["task"]: r["samples"] for r in evaluate(byte_lm, tasks, bootstrap_iters=0)["results"]}
+    paths = {name: [s.get("generations", [s["generation"]]) for s in samples] for name, samples in results.items()}
+    greedy = paths["greedy"]
+    assert all(len(g[0]) > 0 for g in greedy)
+    assert paths["sample"] == paths["again"] and paths["sample"] != paths["other_seed"]
+    assert len({p for doc in paths["sample"] for p in doc}) > 4, "independent samples at T=1.5 differ"
+    assert paths["top_k_1"] == [g * 2 for g in greedy]
+    assert paths["beam_1"] == greedy
+
+
+def test_gpt2_format_tasks_read_tfds(tmp_path):
+    """The built-in TL;DR and en=fr tasks over TFDS (mocked: random text, nothing downloaded)."""
+    (tfds,) = need_modules("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=3):
+        mt, tldr = (Task(name) for name in ("translation_wmt14_en_fr", "tldr_cnn_dailymail"))
+        docs, examples, articles = mt.eval_docs(), mt.fewshot_docs(), tldr.eval_docs()
+        lm = ScriptedLM(" Le chat dort. Il est noir.\nThe cat")
+        results = evaluate(lm, [mt], shots=[2], bootstrap_iters=0)["results"]  # the mock has 3 examples
+        results += evaluate(lm, [tldr], bootstrap_iters=0)["results"]
+    assert set(docs[0]) == {"en", "fr"} and set(articles[0]) >= {"article", "highlights"}
+    contexts = [r.context for r in lm.requests]
+    shots = [examples[i] for i in results[0]["samples"][0]["fewshot_ids"]]
+    assert contexts[0] == "".join(f"{e['en']} = {e['fr']}\n" for e in shots) + f"{docs[0]['en']} ="
+    assert contexts[3] == f"{articles[0]['article']}\nTL;DR:"
+    assert [r.options for r in lm.requests[3:]] == [tldr.spec.decoding.request_options()] * 3
+    assert dict(lm.requests[3].options)["top_k"] == 2 and lm.requests[3].max_gen_toks == 100
+    assert [s["prediction"] for s in results[0]["samples"]] == ["Le chat dort."] * 3
+    bleu = text_metrics.corpus_bleu([([d["fr"]], "Le chat dort.") for d in docs])
+    assert results[0]["metrics"]["bleu"] == pytest.approx(bleu)
+    rouge = [text_metrics.rouge("Le chat dort. Il est noir. The cat", [a["highlights"]]) for a in articles]
+    for metric in text_metrics.ROUGE_TYPES:
+        assert results[1]["metrics"][metric] == pytest.approx(sum(r[metric] for r in rouge) / 3)

@@ -214,6 +214,53 @@ def test_phase_change_is_where_the_curve_makes_its_move():
     assert scores.phase_change(tokens, np.full(10, 0.02) + tokens * 1e-5, 0.1) is None
 
 
+class _MatchThenRecall:
+    """A hand-built probe model of TINY_FEWSHOT: the label of the latest context pair whose item is the query's
+    (in context), else the query class's fixed label when it is a training class (in weights), else the
+    first label; its logits are 0 except 10 on its answer."""
+
+    LOGIT = 10.0
+
+    def __init__(self) -> None:
+        source = tasks.synthetic_source(TINY_FEWSHOT)
+        self.gen, self.cfg = source.generator, ModelConfig(vocab_size=257, n_ctx=64)
+        items = self.gen.first_id + self.gen.n_labels + self.gen.prototypes(source.seed)[: self.gen.n_classes, 0]
+        self.recall = dict(zip(items.tolist(), (self.gen.first_id + self.gen.fixed_labels(source.seed)).tolist()))
+
+    def log_probs_at(self, tokens: np.ndarray, index: int, length: int) -> np.ndarray:
+        assert self.gen.item_len == 1 and tokens.shape[1] == index + 2 <= length <= self.cfg.n_ctx
+        logits = np.zeros((len(tokens), self.cfg.vocab_size))
+        for row, seq in enumerate(tokens):
+            pairs = seq[:index].reshape(-1, 2)  # (item, label) context pairs
+            matches = pairs[pairs[:, 0] == seq[index], 1]
+            answer = matches[-1] if len(matches) else self.recall.get(int(seq[index]), self.gen.first_id)
+            logits[row, answer] = self.LOGIT
+        return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+def test_kshot_probe_scores_a_hand_built_model_exactly_per_k():
+    pm, n, shots = _MatchThenRecall(), 200, (0, 1, 2, 4, 8)
+    gen, seed = pm.gen, tasks.synthetic_source(TINY_FEWSHOT).seed
+    results = {(r["task"], r["num_fewshot"]): r for r in probes.kshot(pm, TINY_FEWSHOT, shots, n)}  # type: ignore[arg-type]
+    hit = -(pm.LOGIT - np.logaddexp(pm.LOGIT, np.log(pm.cfg.vocab_size - 1)))  # the loss of a confident answer
+    for k in shots:
+        # Expected from the episodes' classes alone: right when the query's class is in the context; else
+        # right only when the query's label happens to be the first label.
+        e = gen.episodes(seed, np.arange(n), k, "icl")
+        seen = (e.classes[:, :-1] == e.classes[:, -1:]).any(1)
+        right = seen | (e.labels[:, -1] == gen.first_id)
+        loss = np.where(right, hit, hit + pm.LOGIT)
+        m = results[TINY_FEWSHOT, k]["metrics"]
+        assert m["acc"] == pytest.approx(right.mean(), abs=1e-12) and m["query_loss"] == pytest.approx(loss.mean())
+        assert m["acc_stderr"] == pytest.approx(right.std(ddof=1) / math.sqrt(n))
+        if k:  # two ways: the query's class is missing from k uniform draws with probability 2^-k
+            assert seen.mean() == pytest.approx(1 - 0.5**k, abs=4 * math.sqrt(0.25 / n))
+        iwl = results[f"{TINY_FEWSHOT}_iwl", k]["metrics"]
+        assert iwl["acc"] == 1.0 and iwl["query_loss"] == pytest.approx(hit)  # every training class recalled
+    assert results[TINY_FEWSHOT, 0]["metrics"]["acc"] < 0.5 < results[TINY_FEWSHOT, 8]["metrics"]["acc"]
+    assert results[TINY_FEWSHOT, 0]["details"]["chance_acc"] == 1 / gen.n_labels
+
+
 def test_regression_baselines_least_squares_is_exact_from_d_points_and_1_minus_k_over_d_before():
     gen = LinearRegression(dim=5, points=12)
     xs, ys, _ = gen.sample(0, "test", np.arange(4000))

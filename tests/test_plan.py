@@ -39,6 +39,7 @@ def test_plan_on_a_small_slice_reports_a_fit(libtpu):
     memory = report["attempt"]["memory"]
     assert 0 < memory["arguments"] <= memory["peak"] < report["hbm_bytes"] == 16 * GiB
     assert memory["aliased"] > 0  # the donated state
+    assert report["settings"]["attention"] == "splash"  # `auto` resolved for the TPU target, not this CPU
 
 
 def test_plan_reports_a_step_over_hbm_with_the_compilers_numbers(libtpu):

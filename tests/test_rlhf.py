@@ -1,18 +1,29 @@
-"""InstructGPT's stages (gptjax/rlhf): the formulas against hand computations and reference loops, and the
-toy pipeline end to end (SFT -> RM -> PPO raises the RM score)."""
+"""InstructGPT's stages (gptjax/rlhf): the formulas against hand computations and reference loops, the stages
+chained through their run directories (SFT -> RM -> PPO raises the RM score), PPO's bitwise resume and its
+sharded iteration against the single-device one."""
 
 import dataclasses
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax import config as config_lib
+from gptjax import metrics as metrics_lib
 from gptjax import model, train
-from gptjax.rlhf import pipeline, ppo, reward
+from gptjax.rlhf import pipeline, ppo, reward, stages
 from gptjax.rlhf.sequences import init_scalar_head, lm_batch, masked_mean, token_logprobs, whiten
 from gptjax.rlhf.toy import END, ToyTask, pack
+from gptjax.rundir import RunDir
+from gptjax.sharding import MeshConfig
 
 TASK = ToyTask()
 CFG = TASK.model_config(n_ctx=16, d_model=32, n_layer=1)
@@ -152,7 +163,7 @@ def test_kl_estimator_matches_the_exact_kl_over_a_tiny_vocabulary():
 
 
 def _scored(policy, value, ref, rm, config, rows):
-    return jax.jit(ppo.score_rollout, static_argnums=(3, 6))(
+    return ppo.score_rollout(
         {"policy": policy, "value": value}, ref, rm, CFG, rows, jnp.float32(config.kl_coef), config
     )
 
@@ -203,39 +214,154 @@ def test_ptx_coefficient_0_is_plain_ppo():
     assert np.abs(np.asarray(out["grad_mixed"]["policy"]["wte"] - out["grad_plain"]["policy"]["wte"])).max() > 1e-4
 
 
-def test_toy_pipeline_rm_ranks_above_chance_and_ppo_raises_the_rm_score():
-    """A 1-layer model, briefly: SFT on demonstrations, an RM on K=4 rankings of SFT samples, six PPO
-    iterations. The RM must order held-out pairs better than chance and PPO must raise its score."""
-    sft, losses = pipeline.sft(TASK, pipeline.stage_run(CFG, 40, 32, 3e-3), _params(9))
-    assert losses[-1] < losses[0]
-    data = pipeline.comparisons(
-        TASK, sft, CFG, TASK.prompts(96, np.random.default_rng(1)), 4, jax.random.key(1), np.random.default_rng(2)
-    )
-    train_part = {k: v[:64] for k, v in data.items()}
-    held = {k: v[64:] for k, v in data.items()}
-    ref = {k: jnp.asarray(train_part[k][:, 0]) for k in ("tokens", "total_len")}
-    rm, _ = pipeline.train_reward_model(TASK, pipeline.stage_run(CFG, 40, 16, 2e-3), sft, train_part, ref)
-    scores = reward.scores(
-        rm, CFG, jnp.asarray(held["tokens"].reshape(-1, TASK.seq_len)), jnp.asarray(held["total_len"].reshape(-1))
-    )
-    accuracy = reward.pairwise_accuracy(np.asarray(scores).reshape(-1, 4), held["ranks"])
-    assert accuracy > 0.6
-    assert float(reward.scores(rm, CFG, ref["tokens"], ref["total_len"]).mean()) == pytest.approx(0.0, abs=1e-4)
-
-    config = ppo.PPOConfig(ptx_coef=0.0, learning_rate=1e-3, rollout_batch=32, minibatches=2, epochs=2)
-    _, history = pipeline.run_ppo(TASK, pipeline.Policy(CFG, sft, rm), config, 6)
-    assert history[0]["kl"] == 0.0
-    first, last = history[0]["rm_score"], np.mean([h["rm_score"] for h in history[-2:]])
-    assert last > first + 0.2, [h["rm_score"] for h in history]
+PPO_ARGS = ["steps=6", "checkpoint.every=3", "ppo.ptx_coef=0.05", "ppo.target_kl=1", "ppo.kl_horizon=320"]
+PPO_ARGS += ["ppo.learning_rate=1e-3", "ppo.rollout_batch=32", "ppo.minibatches=2", "ppo.epochs=2", "ptx_rows=8"]
+PPO_ARGS += ["eval_prompts=32"]
 
 
-def test_align_cli_rejects_bad_overrides_before_writing(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The stages chained through their run directories by the CLI, briefly on a 1-layer model: pretrain
+    (2 steps), SFT on demonstrations, an RM on K=4 rankings of SFT samples, six PPO-ptx iterations with the
+    adaptive KL controller (checkpoints at 3 and 6). The later tests reuse its runs and compiled steps."""
     from gptjax.cli import main
 
-    out = tmp_path / "toy.json"
-    assert main(["align", "toy", "--out", str(out), "bogus=1"]) == 2
-    assert main(["align", "toy", "--out", str(out), "experiment.no_such_field=1"]) == 2
+    root = tmp_path_factory.mktemp("align")
+    fast = ["logging.peak_flops_per_device=1e12"]
+    runs = {name: str(root / name) for name in ("pretrain", "sft", "rm", "ppo")}
+    assert main(["align", "pretrain", "--run-dir", runs["pretrain"], "steps=2", "model.n_layer=1", *fast]) == 0
+    sft = ["steps=40", "optim.learning_rate=3e-3", *fast]
+    assert main(["align", "sft", "--run-dir", runs["sft"], "--from", runs["pretrain"], *sft]) == 0
+    rm = ["steps=40", "batch_size=16", "optim.learning_rate=2e-3", "rm_prompts=64", "rm_held_out=32", *fast]
+    assert main(["align", "rm", "--run-dir", runs["rm"], "--from", runs["sft"], *rm]) == 0
+    assert main(["align", "ppo", "--run-dir", runs["ppo"], "--sft", runs["sft"], "--rm", runs["rm"], *PPO_ARGS]) == 0
+    return {k: RunDir(v) for k, v in runs.items()}
+
+
+def _frozen(chain):
+    frozen = pipeline.Policy(CFG, stages.load_policy(chain["sft"].path), stages.load_reward_model(chain["rm"].path))
+    align = config_lib.from_dict(stages.AlignConfig, json.loads(chain["ppo"].align_file.read_text()))
+    return frozen, align
+
+
+def test_stages_chain_rm_ranks_above_chance_and_ppo_raises_the_rm_score(chain):
+    assert json.loads(chain["sft"].align_file.read_text())["sources"] == [str(chain["pretrain"].path)]
+    sft_losses = pipeline.stage_losses(chain["sft"])
+    assert len(sft_losses) == 40 and sft_losses[-1] < sft_losses[0]
+    rm = json.loads(chain["rm"].align_result_file.read_text())
+    assert rm["held_out_pairwise_accuracy"] > 0.6
+    # Centred: the reference responses (each training prompt's first sample) score 0 on average.
+    fit, _ = pipeline.comparison_data(TASK, stages.load_policy(chain["sft"].path), CFG, 64, 32, 4, 0)
+    centred = stages.load_reward_model(chain["rm"].path)
+    assert pipeline.reference_shift(centred, CFG, fit) == pytest.approx(0.0, abs=1e-4)
+    history = metrics_lib.read_metrics(chain["ppo"].metrics_file)
+    assert [h["step"] for h in history] == list(range(1, 7)) and history[0]["kl"] == 0.0
+    for name in ("rm_score", "kl", "entropy", "clip_fraction", "value_loss", "explained_variance", "ptx_loss"):
+        assert all(math.isfinite(h[name]) for h in history), name
+    first, last = history[0]["rm_score"], np.mean([h["rm_score"] for h in history[-2:]])
+    assert last > first + 0.2, [h["rm_score"] for h in history]
+    # β follows the adaptive controller on each iteration's measured KL.
+    _, align = _frozen(chain)
+    for before, after in zip(history, history[1:]):
+        assert after["kl_coef"] == pytest.approx(
+            ppo.adapt_kl_coef(before["kl_coef"], before["kl"], align.ppo), rel=1e-6
+        )
+    assert history[-1]["kl_coef"] != history[0]["kl_coef"]
+    assert chain["ppo"].is_done()
+
+
+def test_a_stage_refuses_bad_sources_and_changed_configs_before_writing(chain, tmp_path, capsys):
+    from gptjax.cli import main
+
+    new = tmp_path / "rm2"
+    assert main(["align", "rm", "--run-dir", str(new), "--from", str(chain["pretrain"].path)]) == 2  # not an SFT run
+    assert main(["align", "sft", "--run-dir", str(new), "--from", str(chain["pretrain"].path), "task.tau=0.5"]) == 2
+    assert not new.exists()
+    ppo_dir, sft_dir, rm_dir = (str(chain[k].path) for k in ("ppo", "sft", "rm"))
+    assert main(["align", "ppo", "--run-dir", ppo_dir, "--sft", sft_dir, "--rm", rm_dir, "ppo.clip=0.3"]) == 2
+    assert main(["align", "toy", "--out", str(tmp_path / "toy.json"), "bogus=1"]) == 2
+    assert not (tmp_path / "toy.json").exists()
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(e.startswith("gptjax align: error:") for e in errors)
-    assert "bogus" in errors[0] and "no_such_field" in errors[1]
-    assert not out.exists()
+    assert len(errors) == 4 and all(e.startswith("gptjax align: error:") for e in errors)
+    assert "is a pretrain run" in errors[0] and "differs from the task" in errors[1]
+    assert "describes another" in errors[2] and "bogus" in errors[3]
+
+
+def test_adaptive_kl_controller_follows_its_formula():
+    """Ziegler et al.: β ← β (1 + clip(KL/target − 1, −0.2, 0.2) · n_episodes / horizon); target 0 = fixed β."""
+    config = ppo.PPOConfig(target_kl=6.0, kl_horizon=1000, rollout_batch=64)
+    for kl, error in ((6.0, 0.0), (6.6, 0.1), (12.0, 0.2), (3.0, -0.2), (5.4, -0.1)):
+        assert ppo.adapt_kl_coef(0.1, kl, config) == pytest.approx(0.1 * (1 + error * 64 / 1000), rel=1e-12)
+    assert ppo.adapt_kl_coef(0.1, 50.0, dataclasses.replace(config, target_kl=0.0)) == 0.1
+
+
+def test_ppo_resumes_bitwise_from_its_checkpoints(chain, tmp_path):
+    """The chain's PPO stage killed after iteration 3's checkpoint (a copy of its directory without
+    checkpoint 6) and run again by the same command: the state at 6 (policy, value net, Adam, β, key, step)
+    and the logged metrics of iterations 4-6 equal the uninterrupted run's bit for bit."""
+    from gptjax.cli import main
+
+    killed = tmp_path / "ppo"
+    shutil.copytree(chain["ppo"].path, killed)
+    shutil.rmtree(killed / "checkpoints" / "6")
+    sft_dir, rm_dir = str(chain["sft"].path), str(chain["rm"].path)
+    assert main(["align", "ppo", "--run-dir", str(killed), "--sft", sft_dir, "--rm", rm_dir, *PPO_ARGS]) == 0
+    frozen, align = _frozen(chain)
+    states = []
+    for directory in (killed, chain["ppo"].path):
+        run = pipeline.PPORun(TASK, frozen, align.ppo, 0, align.ptx_rows, MeshConfig(), run_dir=str(directory))
+        assert run.restore_or_init() == 6
+        run.close()
+        states.append(run.current_state())
+    jax.tree.map(np.testing.assert_array_equal, *states)
+    drop_time = lambda records: [{k: v for k, v in r.items() if k != "time"} for r in records]  # noqa: E731
+    assert drop_time(metrics_lib.read_metrics(RunDir(killed).metrics_file)) == drop_time(
+        metrics_lib.read_metrics(chain["ppo"].metrics_file)
+    )
+
+
+_SHARDED = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+from test_rlhf import TASK, _frozen
+from gptjax.rlhf import pipeline
+from gptjax.rundir import RunDir
+from gptjax.sharding import MeshConfig
+chain = {{k: RunDir(v) for k, v in json.loads(sys.argv[1]).items()}}
+frozen, align = _frozen(chain)
+run = pipeline.PPORun(TASK, frozen, align.ppo, 0, align.ptx_rows, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+metrics = run.run(1)[0]
+wte = run.current_state().params["policy"]["wte"]
+np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(jax.device_get(run.current_state()))])
+print(json.dumps({{"metrics": metrics, "shards": len(wte.addressable_shards), "devices": jax.device_count(),
+                  "shard_shape": list(wte.addressable_shards[0].data.shape)}}))
+"""
+
+
+def test_sharded_ppo_iteration_equals_the_single_device_one(chain, tmp_path):
+    """The chain's first PPO iteration (rollout, scoring, update with ptx) on 8 emulated devices as
+    data 2 x fsdp 2 x tensor 2, the state sharded by gptjax.sharding's rules, against one device: the same
+    metrics and state within fp32 reduction-order tolerance (an Adam step of lr 1e-3 moves a weight <= 1e-3)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    code = _SHARDED.format(tests=str(Path(__file__).parent))
+    dirs = json.dumps({k: str(v.path) for k, v in chain.items()})
+    leaves = tmp_path / "state.npz"
+    out = subprocess.run(
+        [sys.executable, "-c", code, dirs, str(leaves)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8 and result["shards"] == 8
+    assert result["shard_shape"] == [TASK.vocab_size // 2, CFG.d_model // 2]  # vocab over tensor, embed over fsdp
+    one = {k: v for k, v in metrics_lib.read_metrics(chain["ppo"].metrics_file)[0].items() if k not in ("step", "time")}
+    assert one.keys() == result["metrics"].keys()
+    for name, value in one.items():
+        assert result["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    frozen, align = _frozen(chain)
+    single = pipeline.PPORun(TASK, frozen, align.ppo, 0, align.ptx_rows)
+    single.run(1)
+    sharded = np.load(leaves)
+    for i, leaf in enumerate(jax.tree.leaves(jax.device_get(single.current_state()))):
+        np.testing.assert_allclose(sharded[f"arr_{i}"], np.asarray(leaf), rtol=1e-4, atol=1e-5)

@@ -413,15 +413,17 @@ register_mixture("shakespeare_wikitext", {"tinyshakespeare": 0.75, "wikitext2": 
 # trains on them). Byte-vocabulary ids; rows are whole sequences with seq_len = the generator's length.
 register_synthetic_task("repeat_tokens", RepeatedTokens())  # 32 random tokens, twice: 64 tokens (the probe)
 register_synthetic_task("repeat_tokens_varied", RepeatedTokens(min_segment=16))  # periods 16..32 (to train on)
+register_synthetic_task("repeat_tokens_16", RepeatedTokens(segment=16))  # 16 tokens twice (bench/icl_evidence.py)
+register_synthetic_task("repeat_tokens_16_varied", RepeatedTokens(segment=16, min_segment=8))  # periods 8..16
 # Labels remapped in every sequence, bursty contexts of 2 classes x 4 (Chan et al. 2022's few-shot form).
 register_synthetic_task("fewshot_bursty", FewShotClassification())
 # The same classes in uniform (non-bursty) contexts: the query's class is rarely in the context.
 register_synthetic_task("fewshot_uniform", FewShotClassification(p_bursty=0.0))
-# Fixed labels, Zipfian classes, mostly bursty (Chan et al.'s data): many classes favour ICL, few favour IWL.
-register_synthetic_task(
-    "fewshot_zipf_many", FewShotClassification(n_classes=2048, labels="fixed", zipf=1.0, p_bursty=0.9, noise=0.1)
-)
-register_synthetic_task(
-    "fewshot_zipf_few", FewShotClassification(n_classes=32, labels="fixed", zipf=1.0, p_bursty=0.9, noise=0.1)
-)
+# Fixed labels, mostly bursty, within-class noise (Chan et al.'s data) with few to many classes: few are learned
+# in the weights, many in context (bench/icl_evidence.py sweeps them). 3840 + 256 held-out = 64 ** 2 items.
+for _classes in (64, 512, 3840):
+    register_synthetic_task(
+        f"fewshot_fixed_{_classes}",
+        FewShotClassification(n_classes=_classes, labels="fixed", p_bursty=0.9, noise=0.1),
+    )
 register_synthetic_task("linear_regression", LinearRegression())  # real-valued: gptjax.regression

@@ -6,7 +6,8 @@ of wte (and of an untied lm_head) are drawn N(0, init_std); every pretrained row
 example, L2 is the cross-entropy of the head's prediction and L1 the mean token cross-entropy of the LM
 on the example's transformed sequences (GPT-1's reference code normalises the same way); the step
 averages both over examples (the loss's "count"). λ = 0 skips L1 entirely, so it is the classification
-loss alone, not a product with zero.
+loss alone, not a product with zero. `finetune.trainable=head` freezes every pretrained parameter through
+the optimizer's mask (train.make_optimizer): only the head and the three new rows move.
 """
 
 from __future__ import annotations
@@ -117,7 +118,19 @@ def finetune_objective(run: RunConfig, task: Task, pretrained: Params | None) ->
             "head": {"kernel": PartitionSpec("embed", None), "bias": PartitionSpec()},
         }
 
-    return Objective(loss_fn, init_params, logical_axes)
+    trainable = None if run.finetune.trainable == "all" else lambda params: head_only(params, cfg)
+    return Objective(loss_fn, init_params, logical_axes, trainable)
 
 
-__all__ = ["class_logits", "extend_params", "extended_model", "finetune_objective", "lm_loss_per_example"]
+def head_only(params: Params, cfg: ModelConfig) -> Params:
+    """`finetune.trainable=head`: True for the head and the new special-token rows of wte (and columns of an
+    untied lm_head), False for every pretrained parameter."""
+    new = jnp.arange(cfg.vocab_size) >= cfg.vocab_size - NUM_SPECIAL
+    gpt = jax.tree.map(lambda _: False, params["gpt"])
+    gpt["wte"] = new[:, None]
+    if "lm_head" in gpt:
+        gpt["lm_head"] = new[None, :]
+    return {"gpt": gpt, "head": jax.tree.map(lambda _: True, params["head"])}
+
+
+__all__ = ["class_logits", "extend_params", "extended_model", "finetune_objective", "head_only", "lm_loss_per_example"]

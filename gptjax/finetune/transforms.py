@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gptjax.config import RunConfig
 from gptjax.errors import GptjaxError
 
 
@@ -41,8 +42,18 @@ class SpecialTokens:
     def after(cls, vocab_size: int) -> SpecialTokens:
         return cls(vocab_size, vocab_size + 1, vocab_size + 2)
 
+    def named(self) -> dict[str, int]:
+        """Name -> id (how a Hugging Face export lists them)."""
+        return dict(zip(NAMES, (self.start, self.delimiter, self.extract)))
 
-NUM_SPECIAL = 3
+
+NAMES = ("_start_", "_delimiter_", "_classify_")  # ⟨s⟩, $ and ⟨e⟩ as GPT-1's reference code names them
+NUM_SPECIAL = len(NAMES)
+
+
+def added_tokens(run: RunConfig) -> dict[str, int]:
+    """The tokens a run added to its vocabulary: a fine-tuning run's three special tokens, else none."""
+    return SpecialTokens.after(run.model.vocab_size - NUM_SPECIAL).named() if run.finetune.task else {}
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,13 @@ class Example:
 
     sequences: tuple[tuple[str, ...], ...]
     label: int
+
+
+def render(example: Example) -> str:
+    """How `example` reads before tokenisation: one line per sequence, special tokens by name, then the label."""
+    start, delimiter, extract = NAMES
+    lines = [f"{start} {f' {delimiter} '.join(seq)} {extract}" for seq in example.sequences]
+    return "\n".join([*lines, f"label: {example.label}"])
 
 
 def transform(segments: Sequence[Sequence[int]], special: SpecialTokens, max_len: int) -> list[int]:
@@ -104,4 +122,13 @@ def encode_examples(
     }
 
 
-__all__ = ["NUM_SPECIAL", "Example", "SpecialTokens", "TransformError", "encode_examples", "transform"]
+__all__ = [
+    "NUM_SPECIAL",
+    "Example",
+    "SpecialTokens",
+    "TransformError",
+    "added_tokens",
+    "encode_examples",
+    "render",
+    "transform",
+]

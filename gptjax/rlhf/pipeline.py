@@ -1,61 +1,108 @@
-"""The toy InstructGPT pipeline end to end: pretrain → SFT → reward model → PPO(-ptx), each stage measured
-against the task's hidden reward r* (gptjax.rlhf.toy).
+"""The toy InstructGPT pipeline's building blocks: pretrain → SFT → reward model → PPO(-ptx), each stage
+measured against the task's hidden reward r* (gptjax.rlhf.toy); gptjax.rlhf.stages runs them in run dirs.
 
-SFT and the RM run train.py's one train step with their own `Objective` (SFT: the LM loss, whose batch
-masks prompt tokens; RM: the ranking loss on a scalar-head tree), so accumulation, clipping, the schedule and
-the non-finite guard are pre-training's. PPO has its own update (gptjax.rlhf.ppo) because a rollout is
-scored before it is trained on. Every draw derives from (seed, stage, step), so a stage replays exactly.
+Pretraining, SFT and the RM run pre-training's Trainer with their own `Objective` (SFT: the LM loss, whose
+batch masks prompt tokens; RM: the ranking loss on a scalar-head tree) and a `ToyData` dataset, so the
+sharded step, accumulation, clipping, the schedule, the non-finite guard, checkpoints and resume are
+pre-training's. PPO has its own loop (`PPORun`, over gptjax.rlhf.ppo's update) because a rollout is scored
+before it is trained on; it writes the same metrics and checkpoints. Every draw derives from (seed, stage,
+step), so a stage replays exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
-from gptjax import model, train
+from gptjax import config, sharding, train
+from gptjax import metrics as metrics_lib
+from gptjax.checkpoint import Checkpointer
 from gptjax.config import ModelConfig, OptimConfig, RunConfig
+from gptjax.hooks import add_standard_hooks
 from gptjax.rlhf import ppo, reward
-from gptjax.rlhf.sequences import Batch, init_scalar_head, lm_batch, token_logprobs
+from gptjax.rlhf.sequences import Batch, init_scalar_head, lm_batch, scalar_head_axes, token_logprobs
 from gptjax.rlhf.toy import END, ToyTask, pack
+from gptjax.rundir import RunDir
+from gptjax.sharding import MeshConfig
+
+Arrays = dict[str, np.ndarray]
+# Jitted once for every caller (cfg and the temperature are static).
+_logprobs = jax.jit(token_logprobs, static_argnums=(1, 3))
+_scores = jax.jit(reward.scores, static_argnums=1)
 
 # Stage ids for key derivation: key(seed) -> fold_in(stage) -> fold_in(step).
 _PRETRAIN, _SFT, _RM, _PPO, _EVAL = range(5)
 
 
-def _rng(seed: int, stage: int, step: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, stage, step])
+def _rng(seed: int, stage: int, *steps: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage, *(steps or (0,))])
 
 
 def _key(seed: int, stage: int, step: int = 0) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stage), step)
 
 
-def stage_run(cfg: ModelConfig, steps: int, batch_size: int, learning_rate: float, seed: int = 0) -> RunConfig:
-    """The RunConfig of one supervised stage: cosine decay with a short warm-up, as pre-training."""
+def stage_run(
+    cfg: ModelConfig, steps: int, batch_size: int, learning_rate: float, seed: int = 0, run_dir: str = "runs/align"
+) -> RunConfig:
+    """The RunConfig of one supervised stage: cosine decay with a short warm-up, as pre-training; every step
+    logged, a checkpoint every 50 steps."""
     optim = OptimConfig(learning_rate=learning_rate, warmup_steps=max(1, steps // 20), weight_decay=0.0)
-    return RunConfig(model=cfg, optim=optim, steps=steps, batch_size=batch_size, seed=seed, seq_len=0)
+    run = RunConfig(model=cfg, optim=optim, steps=steps, batch_size=batch_size, seed=seed, run_dir=run_dir)
+    return config.override(
+        run, ["logging.every=1", "checkpoint.every=50", "held_out.every=1000000", "held_out.batches=2"]
+    )
 
 
-def fit(
-    run: RunConfig, objective: train.Objective, params: Any, batch_at: Callable[[int], Batch]
-) -> tuple[Any, list[float]]:
-    """`run.steps` steps of train.py's step from `params` on `batch_at(step)`: (params, losses)."""
-    tx = train.make_optimizer(run)
-    params = jax.tree.map(jnp.copy, params)  # the step donates its state; the caller keeps its params
-    state = train.init_state(run, tx, jax.random.key_data(jax.random.key(run.seed)), params=params, objective=objective)
-    step = jax.jit(train.make_train_step(run, tx, objective), donate_argnums=(0,))
-    losses = []
-    for i in range(run.steps):
-        state, metrics = step(state, batch_at(i))
-        losses.append(float(metrics["loss"]))
-    return state.params, losses
+@dataclasses.dataclass(frozen=True)
+class _Vocab:
+    vocab_size: int
+
+
+class ToyData:
+    """A stage's batches in the Trainer's dataset interface: `batch_at(step, rows)` and `held_out_at(b, rows)`
+    are pure functions of their arguments (numpy arrays), so a resumed stage replays an uninterrupted one."""
+
+    def __init__(
+        self, batch_at: Callable[[int, int], Arrays], held_out_at: Callable[[int, int], Arrays], vocab_size: int
+    ):
+        self.batch_at, self.held_out_at, self.vocab = batch_at, held_out_at, _Vocab(vocab_size)
+
+    def batch(self, step: int, batch_size: int, rows: Any = None) -> Arrays:
+        full = self.batch_at(step, batch_size)
+        return full if rows is None else {k: v[np.asarray(rows)] for k, v in full.items()}
+
+    def eval_batches(self, batch_size: int, max_batches: int, split: str = "validation") -> Iterator[Arrays]:
+        for b in range(max_batches):
+            yield self.held_out_at(b, batch_size)
+
+
+def train_stage(run: RunConfig, objective: train.Objective, data: ToyData) -> Any:
+    """Train (or resume) a supervised stage with pre-training's Trainer and standard hooks (metrics.jsonl,
+    checkpoints, heartbeat) in `run.run_dir`; returns the final parameters."""
+    trainer = train.Trainer(run, data, objective=objective)
+    trainer.restore_or_init()
+    add_standard_hooks(trainer, progress=False)
+    trainer.train()
+    trainer.checkpointer.close()
+    return trainer.current_state().params
+
+
+def stage_losses(run_dir: RunDir) -> list[float]:
+    """The training loss of every logged step of a stage, from its metrics.jsonl."""
+    return [r["loss"] for r in metrics_lib.read_metrics(run_dir.metrics_file) if "loss" in r]
+
+
+def _numpy(batch: Batch) -> Arrays:
+    return {k: np.asarray(v) for k, v in batch.items()}
 
 
 # -- stages --------------------------------------------------------------------------------------------------
@@ -69,9 +116,13 @@ def pretraining_batch(task: ToyTask, rows: int, rng: np.random.Generator) -> Bat
 
 
 def pretrain(task: ToyTask, run: RunConfig) -> Any:
-    params = model.init_params(run.model, jax.random.key(run.seed))
-    batch_at = lambda i: pretraining_batch(task, run.batch_size, _rng(run.seed, _PRETRAIN, i))  # noqa: E731
-    return fit(run, train.lm_objective(run), params, batch_at)
+    """Pre-train a fresh model on the toy pretraining language."""
+    data = ToyData(
+        lambda step, rows: _numpy(pretraining_batch(task, rows, _rng(run.seed, _PRETRAIN, step))),
+        lambda b, rows: _numpy(pretraining_batch(task, rows, _rng(run.seed, _EVAL, _PRETRAIN, b))),
+        task.vocab_size,
+    )
+    return train_stage(run, train.lm_objective(run), data)
 
 
 def demonstration_batch(task: ToyTask, rows: int, rng: np.random.Generator) -> Batch:
@@ -80,10 +131,14 @@ def demonstration_batch(task: ToyTask, rows: int, rng: np.random.Generator) -> B
     return lm_batch(packed["tokens"], packed["prompt_len"], packed["total_len"])
 
 
-def sft(task: ToyTask, run: RunConfig, params: Any) -> tuple[Any, list[float]]:
-    """Fine-tune on demonstrations; the loss mask of `lm_batch` covers response tokens only."""
-    batch_at = lambda i: demonstration_batch(task, run.batch_size, _rng(run.seed, _SFT, i))  # noqa: E731
-    return fit(run, train.lm_objective(run), params, batch_at)
+def sft(task: ToyTask, run: RunConfig, params: Any) -> Any:
+    """Fine-tune `params` on demonstrations; the loss mask of `lm_batch` covers response tokens only."""
+    data = ToyData(
+        lambda step, rows: _numpy(demonstration_batch(task, rows, _rng(run.seed, _SFT, step))),
+        lambda b, rows: _numpy(demonstration_batch(task, rows, _rng(run.seed, _EVAL, _SFT, b))),
+        task.vocab_size,
+    )
+    return train_stage(run, dataclasses.replace(train.lm_objective(run), init_params=lambda key: params), data)
 
 
 def comparisons(
@@ -104,30 +159,53 @@ def comparisons(
     }
 
 
+def comparison_data(
+    task: ToyTask, sft_params: Any, cfg: ModelConfig, n_fit: int, n_held: int, k: int, seed: int
+) -> tuple[Arrays, Arrays]:
+    """(training, held-out) comparisons of n_fit and n_held fresh prompts, K SFT samples each."""
+    prompts = task.prompts(n_fit + n_held, _rng(seed, _RM))
+    data = comparisons(task, sft_params, cfg, prompts, k, _key(seed, _RM), _rng(seed, _RM, 1))
+    return {key: v[:n_fit] for key, v in data.items()}, {key: v[n_fit:] for key, v in data.items()}
+
+
+def rm_figures(task: ToyTask, rm: Any, cfg: ModelConfig, held: Arrays) -> dict[str, float]:
+    """Held-out pairwise accuracy (against the Bradley–Terry draws), the Bayes-optimal accuracy from τ and
+    the Spearman correlation of the RM's scores with r*."""
+    flat = held["tokens"].reshape(-1, task.seq_len)
+    scores = np.asarray(_scores(rm, cfg, jnp.asarray(flat), jnp.asarray(held["total_len"].reshape(-1))))
+    accuracy = reward.pairwise_accuracy(scores.reshape(held["ranks"].shape), held["ranks"])
+    bayes = task.bayes_pairwise_accuracy(held["true"])
+    return {
+        "held_out_pairwise_accuracy": accuracy,
+        "bayes_accuracy": bayes,
+        "accuracy_over_bayes": accuracy / bayes,
+        "spearman_with_true_reward": spearman(scores, held["true"].reshape(-1)),
+    }
+
+
 def reward_objective(cfg: ModelConfig, sft_params: Any) -> train.Objective:
     def loss_fn(params: Any, batch: Batch, rng: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
         total, count = reward.loss_sums(params, batch, cfg)
         return total, {"count": count}
 
-    def logical_axes() -> Any:
-        return {"gpt": model.logical_axes(cfg), "head": {"w": PartitionSpec("embed"), "b": PartitionSpec()}}
-
-    return train.Objective(loss_fn, lambda key: init_scalar_head(sft_params, cfg), logical_axes)
+    return train.Objective(loss_fn, lambda key: init_scalar_head(sft_params, cfg), lambda: scalar_head_axes(cfg))
 
 
-def train_reward_model(
-    task: ToyTask, run: RunConfig, sft_params: Any, data: dict[str, np.ndarray], reference: Batch
-) -> tuple[Any, list[float]]:
-    """Fit the RM on `data` (cycled in fixed-order batches), then centre it on the reference rows."""
-    n = len(data["ranks"])
+def train_reward_model(run: RunConfig, sft_params: Any, data: Arrays, held: Arrays) -> Any:
+    """Fit the RM on the comparisons `data` (cycled in fixed-order batches; `held` for held-out loss)."""
 
-    def batch_at(i: int) -> Batch:
-        idx = (np.arange(run.batch_size) + i * run.batch_size) % n
-        return {key: jnp.asarray(data[key][idx]) for key in ("tokens", "total_len", "ranks")}
+    def cycled(part: Arrays, i: int, rows: int) -> Arrays:
+        idx = (np.arange(rows) + i * rows) % len(part["ranks"])
+        return {key: part[key][idx] for key in ("tokens", "total_len", "ranks")}
 
-    rm, losses = fit(run, reward_objective(run.model, sft_params), init_scalar_head(sft_params, run.model), batch_at)
-    ref = reward.scores(rm, run.model, reference["tokens"], reference["total_len"])
-    return reward.center(rm, ref), losses
+    toy = ToyData(lambda i, rows: cycled(data, i, rows), lambda b, rows: cycled(held, b, rows), run.model.vocab_size)
+    return train_stage(run, reward_objective(run.model, sft_params), toy)
+
+
+def reference_shift(rm: Any, cfg: ModelConfig, data: Arrays) -> float:
+    """The mean score of the reference responses (each training prompt's first sample): the bias `center`
+    subtracts so that they score 0 on average."""
+    return float(_scores(rm, cfg, jnp.asarray(data["tokens"][:, 0]), jnp.asarray(data["total_len"][:, 0])).mean())
 
 
 # -- PPO -----------------------------------------------------------------------------------------------------
@@ -159,44 +237,126 @@ def rollout(
     return prompts, responses, packed, true
 
 
-def run_ppo(
-    task: ToyTask, frozen: Policy, config: ppo.PPOConfig, iterations: int, seed: int = 0, ptx_rows: int = 16
-) -> tuple[ppo.PPOState, list[dict[str, float]]]:
-    """`iterations` PPO iterations from the SFT policy and an RM-initialised value net; per-iteration metrics
-    (RM score, r*, KL to SFT, entropy, clip fraction, value loss, explained variance, ptx loss, β)."""
-    cfg = frozen.cfg
-    state = ppo.init_state(frozen.sft, frozen.rm, config)
-    update = ppo.make_update(cfg, config)
-    score = jax.jit(
-        lambda params, rows, beta: ppo.score_rollout(params, frozen.sft, frozen.rm, cfg, rows, beta, config)
-    )
-    history = []
-    for it in range(iterations):
-        rng = _rng(seed, _PPO, it)
-        _, _, rows, true = rollout(
-            task, cfg, state.params["policy"], config.rollout_batch, config.temperature, _key(seed, _PPO, it), rng
-        )
-        scored = score(state.params, rows, state.kl_coef)
-        ptx = None
-        if config.ptx_coef:
-            batches = [pretraining_batch(task, ptx_rows, rng) for _ in range(config.epochs * config.minibatches)]
-            ptx = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
-        beta = float(state.kl_coef)
-        state, metrics = update(state, scored, ptx, jax.random.fold_in(_key(seed, _PPO, it), 1))
+class PPORun:
+    """PPO iterations from the SFT policy and an RM-initialised value net against the frozen `Policy`.
+
+    The state is sharded over `mesh` (one device when None) as pre-training's is; with a `run_dir` the
+    iterations' metrics go to its metrics.jsonl and checkpoints to checkpoints/<iteration>, and a new
+    PPORun on the same directory resumes the latest one bit for bit (every draw derives from the seed, the
+    stage and the iteration; β is part of the state)."""
+
+    def __init__(
+        self,
+        task: ToyTask,
+        frozen: Policy,
+        config: ppo.PPOConfig,
+        seed: int = 0,
+        ptx_rows: int = 16,
+        mesh: MeshConfig | None = None,
+        run_dir: str | None = None,
+        devices: list[jax.Device] | None = None,
+    ) -> None:
+        self.task, self.frozen, self.config, self.seed, self.ptx_rows = task, frozen, config, seed, ptx_rows
+        cfg = frozen.cfg
+        if mesh is None:  # one device
+            mesh, devices = MeshConfig(data=1), (devices or jax.devices())[:1]
+        self.mesh, self.rules = sharding.make_mesh(mesh, devices), mesh.rules
+        self.shardings = ppo.state_shardings(cfg, config, self.mesh, self.rules)
+        self.update = ppo.jit_update(cfg, config, self.mesh, self.rules)
+        self.row_sharding, self.ptx_sharding = ppo.input_shardings(self.mesh, self.rules)
+        with self.activated():
+            self.frozen = Policy(
+                cfg,
+                jax.device_put(frozen.sft, self.shardings.params["policy"]),
+                jax.device_put(frozen.rm, self.shardings.params["value"]),
+            )
+        self.run_dir = RunDir(run_dir) if run_dir else None
+        self.checkpointer = Checkpointer(self.run_dir.checkpoints_dir) if self.run_dir else None
+        self.state: ppo.PPOState | None = None
+
+    @contextlib.contextmanager
+    def activated(self) -> Iterator[None]:
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.flax_rules(self.rules)):
+            yield
+
+    def restore_or_init(self) -> int:
+        latest = self.checkpointer.latest_step() if self.checkpointer else None
+        if latest is not None:
+            target = jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                ppo.abstract_state(self.frozen.cfg, self.config),
+                self.shardings,
+            )
+            self.state = self.checkpointer.restore(latest, target)  # type: ignore[union-attr]
+        else:
+            init = lambda sft, rm: ppo.init_state(sft, rm, self.config, self.seed)  # noqa: E731
+            with self.activated():
+                self.state = jax.jit(init, out_shardings=self.shardings)(self.frozen.sft, self.frozen.rm)
+        return self.step
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.current_state().step))
+
+    def current_state(self) -> ppo.PPOState:
+        if self.state is None:
+            raise RuntimeError("call restore_or_init() first")
+        return self.state
+
+    def iteration(self) -> dict[str, float]:
+        """One rollout (fresh prompts), its scoring and the update; the adaptive controller moves β."""
+        state, config, cfg = self.current_state(), self.config, self.frozen.cfg
+        it = self.step
+        rng = _rng(self.seed, _PPO, it)
+        with self.activated():
+            _, _, rows, true = rollout(
+                self.task, cfg, state.params["policy"], config.rollout_batch, config.temperature, state.key(_PPO), rng
+            )
+            scored = ppo.score_rollout(state.params, self.frozen.sft, self.frozen.rm, cfg, rows, state.kl_coef, config)
+            ptx = None
+            if config.ptx_coef:
+                batches = [
+                    pretraining_batch(self.task, self.ptx_rows, rng) for _ in range(config.epochs * config.minibatches)
+                ]
+                ptx = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *batches), self.ptx_sharding)
+            beta = float(state.kl_coef)
+            update_key = jax.random.fold_in(state.key(_PPO), 1)
+            inputs = jax.device_put({k: scored[k] for k in ppo.UPDATE_KEYS}, self.row_sharding)
+            state, metrics = self.update(state, inputs, ptx, update_key)
         kl = float(scored["kl"].mean())
-        state = state.replace(kl_coef=jnp.float32(ppo.adapt_kl_coef(beta, kl, config)))
-        history.append(
-            {
-                "rm_score": float(scored["score"].mean()),
-                "true_reward": float(true.mean()),
-                "kl": kl,
-                "rollout_entropy": float(scored["entropy"].mean()),
-                "explained_variance": float(scored["explained_variance"]),
-                "kl_coef": beta,
-                **{name: float(value) for name, value in metrics.items()},
-            }
-        )
-    return state, history
+        self.state = state.replace(kl_coef=jnp.float32(ppo.adapt_kl_coef(beta, kl, config)))
+        return {
+            "rm_score": float(scored["score"].mean()),
+            "true_reward": float(true.mean()),
+            "kl": kl,
+            "rollout_entropy": float(scored["entropy"].mean()),
+            "explained_variance": float(scored["explained_variance"]),
+            "kl_coef": beta,
+            **{name: float(value) for name, value in metrics.items()},
+        }
+
+    def run(self, iterations: int, checkpoint_every: int = 10) -> list[dict[str, float]]:
+        """Iterate (from the restored step) up to `iterations`; the history of the iterations run here."""
+        start = self.restore_or_init() if self.state is None else self.step
+        sinks = metrics_lib.open_sinks(self.run_dir, iterations, start, progress=False) if self.run_dir else None
+        history = []
+        try:
+            for it in range(start, iterations):
+                history.append(self.iteration())
+                if sinks is not None:
+                    sinks.write(it + 1, history[-1])
+                if self.checkpointer and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+                    self.checkpointer.save(it + 1, self.state)
+        finally:
+            if sinks is not None:
+                sinks.close()
+            if self.checkpointer:
+                self.checkpointer.wait()
+        return history
+
+    def close(self) -> None:
+        if self.checkpointer:
+            self.checkpointer.close()
 
 
 def evaluate(
@@ -206,10 +366,10 @@ def evaluate(
     cfg = frozen.cfg
     _, _, rows, true = rollout(task, cfg, policy_params, n, temperature, _key(seed, _EVAL), _rng(seed, _EVAL))
     batch = lm_batch(rows["tokens"], rows["prompt_len"], rows["total_len"])
-    logp, _ = token_logprobs(policy_params, cfg, batch, temperature)
-    logp_ref, _ = token_logprobs(frozen.sft, cfg, batch, temperature)
+    logp, _ = _logprobs(policy_params, cfg, batch, temperature)
+    logp_ref, _ = _logprobs(frozen.sft, cfg, batch, temperature)
     kl = ((logp - logp_ref) * batch["loss_mask"]).sum(1)
-    rm = reward.scores(frozen.rm, cfg, rows["tokens"], rows["total_len"])
+    rm = _scores(frozen.rm, cfg, rows["tokens"], rows["total_len"])
     return {
         "true_reward": float(true.mean()),
         "true_std": float(true.std()),
@@ -221,7 +381,7 @@ def evaluate(
 def pretraining_loss(task: ToyTask, params: Any, cfg: ModelConfig, rows: int, seed: int) -> float:
     """Mean per-token LM loss on a fixed held-out batch of the pretraining language."""
     batch = pretraining_batch(task, rows, _rng(seed, _EVAL, 1))
-    logp, _ = token_logprobs(params, cfg, batch)
+    logp, _ = _logprobs(params, cfg, batch, 1.0)
     return float(-(logp * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
 
 
@@ -233,7 +393,7 @@ def best_of_n(task: ToyTask, frozen: Policy, n_prompts: int, ns: tuple[int, ...]
     repeated = np.repeat(prompts, most, axis=0)
     responses = ppo.sample_responses(frozen.sft, cfg, repeated, task.max_response + 1, END, 1.0, _key(seed, _EVAL, 2))
     packed = pack(repeated, responses, task.seq_len)
-    rm = np.asarray(reward.scores(frozen.rm, cfg, jnp.asarray(packed["tokens"]), jnp.asarray(packed["total_len"])))
+    rm = np.asarray(_scores(frozen.rm, cfg, jnp.asarray(packed["tokens"]), jnp.asarray(packed["total_len"])))
     true = np.array([task.true_reward(p, r) for p, r in zip(repeated, responses)], np.float32)
     rm, true = rm.reshape(n_prompts, most), true.reshape(n_prompts, most)
     out = []
@@ -255,78 +415,3 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (ties broken by order, fine for continuous scores)."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyExperiment:
-    """Sizes of the end-to-end toy run (gptjax align toy, bench/rlhf_toy.py)."""
-
-    d_model: int = 32
-    n_layer: int = 2
-    pretrain_steps: int = 100
-    sft_steps: int = 100
-    rm_steps: int = 150
-    rm_prompts: int = 256
-    k: int = 4
-    held_out_prompts: int = 256
-    ppo_iterations: int = 10
-    ppo_learning_rate: float = 1e-3
-    ptx_coef: float = 1.0  # the paper's 27.8 is for its loss scale; the toy's pretraining loss is per token
-    seed: int = 0
-
-
-def run_toy(task: ToyTask, exp: ToyExperiment, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every stage and every figure of the issue's evidence list, as one JSON-able dict."""
-    cfg = task.model_config(n_ctx=16, d_model=exp.d_model, n_layer=exp.n_layer)
-    out: dict[str, Any] = {"task": dataclasses.asdict(task), "experiment": dataclasses.asdict(exp)}
-    base, losses = pretrain(task, stage_run(cfg, exp.pretrain_steps, 32, 3e-3, exp.seed))
-    out["pretrain_loss"] = [losses[0], losses[-1]]
-    sft_params, losses = sft(task, stage_run(cfg, exp.sft_steps, 32, 1e-3, exp.seed), base)
-    out["sft_loss"] = [losses[0], losses[-1]]
-    log(f"pretrain loss {out['pretrain_loss']}, SFT loss {out['sft_loss']}")
-
-    prompts = task.prompts(exp.rm_prompts + exp.held_out_prompts, _rng(exp.seed, _RM))
-    data = comparisons(task, sft_params, cfg, prompts, exp.k, _key(exp.seed, _RM), _rng(exp.seed, _RM, 1))
-    fit_part = {key: v[: exp.rm_prompts] for key, v in data.items()}
-    held = {key: v[exp.rm_prompts :] for key, v in data.items()}
-    reference = {key: jnp.asarray(fit_part[key][:, 0]) for key in ("tokens", "total_len")}
-    rm, losses = train_reward_model(
-        task, stage_run(cfg, exp.rm_steps, 16, 1e-3, exp.seed), sft_params, fit_part, reference
-    )
-    flat = held["tokens"].reshape(-1, task.seq_len)
-    scores = np.asarray(reward.scores(rm, cfg, jnp.asarray(flat), jnp.asarray(held["total_len"].reshape(-1))))
-    accuracy = reward.pairwise_accuracy(scores.reshape(-1, exp.k), held["ranks"])
-    bayes = task.bayes_pairwise_accuracy(held["true"])
-    out["rm"] = {
-        "loss": [losses[0], losses[-1]],
-        "held_out_pairwise_accuracy": accuracy,
-        "bayes_accuracy": bayes,
-        "accuracy_over_bayes": accuracy / bayes,
-        "spearman_with_true_reward": spearman(scores, held["true"].reshape(-1)),
-    }
-    log(f"RM {out['rm']}")
-
-    frozen = Policy(cfg, sft_params, rm)
-    n_eval = exp.held_out_prompts
-    out["sft"] = evaluate(task, frozen, sft_params, n_eval, exp.seed) | {
-        "pretraining_loss": pretraining_loss(task, sft_params, cfg, 64, exp.seed)
-    }
-    out["best_of_n"] = best_of_n(task, frozen, n_eval, (1, 2, 4, 8, 16), exp.seed)
-    log(f"SFT {out['sft']}\nbest-of-n {out['best_of_n']}")
-    base_config = ppo.PPOConfig(learning_rate=exp.ppo_learning_rate, epochs=2, ptx_coef=0.0)
-    variants = {
-        "ppo": base_config,
-        "ppo_ptx": dataclasses.replace(base_config, ptx_coef=exp.ptx_coef),
-        "ppo_beta0": dataclasses.replace(base_config, kl_coef=0.0),
-    }
-    for name, config in variants.items():
-        state, history = run_ppo(task, frozen, config, exp.ppo_iterations, exp.seed)
-        policy = state.params["policy"]
-        out[name] = {
-            "config": dataclasses.asdict(config),
-            "history": history,
-            "held_out": evaluate(task, frozen, policy, n_eval, exp.seed)
-            | {"pretraining_loss": pretraining_loss(task, policy, cfg, 64, exp.seed)},
-        }
-        log(f"{name} {out[name]['held_out']}")
-    return out

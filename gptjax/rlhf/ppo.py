@@ -8,10 +8,15 @@ surrogate, the value loss the clipped squared error, and PPO-ptx adds γ times t
 pretraining batch (γ = 0 is plain PPO). Every quantity is a masked mean over action positions
 (gptjax.rlhf.sequences), so padding and tokens after the end token never count; rewards are fp32.
 An optional adaptive controller (Ziegler et al.) moves β toward a target KL over a horizon.
+
+The state (policy, value net, optimizer, β, the key and the iteration) is sharded like pre-training's:
+the policy's and the value net's trees follow `model.logical_axes` through gptjax.sharding's rules, Adam's
+moments follow their parameters, and rollout rows are split over the batch axes (`jit_update`).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gptjax import decode
+from gptjax import decode, model, sharding
 from gptjax.config import ConfigError, ModelConfig
 from gptjax.rlhf import reward
-from gptjax.rlhf.sequences import Batch, lm_batch, masked_mean, scalar_head, token_logprobs, whiten
+from gptjax.rlhf.sequences import (
+    Batch,
+    init_scalar_head,
+    lm_batch,
+    masked_mean,
+    scalar_head,
+    scalar_head_axes,
+    token_logprobs,
+    whiten,
+)
 
 
 @dataclass(frozen=True)
@@ -66,16 +81,50 @@ class PPOState:
     params: Any  # {"policy": GPT params, "value": scalar-head params}
     opt_state: Any
     kl_coef: jax.Array  # the current β (moved by the adaptive controller)
+    rng: jax.Array  # uint32 key data of key(seed); iteration keys derive from it and the step
+
+    def key(self, purpose: int) -> jax.Array:
+        """The key of (purpose, this iteration): key(seed) -> fold_in(purpose) -> fold_in(step)."""
+        return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(self.rng), purpose), self.step)
 
 
 def make_optimizer(ppo: PPOConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(ppo.grad_clip), optax.adam(ppo.learning_rate, eps=1e-5))
 
 
-def init_state(policy: Any, value: Any, ppo: PPOConfig) -> PPOState:
+def init_state(policy: Any, value: Any, ppo: PPOConfig, seed: int = 0) -> PPOState:
     # Copies: the update donates its state, and the SFT policy and the RM stay frozen beside it.
     params = jax.tree.map(jnp.copy, {"policy": policy, "value": value})
-    return PPOState(jnp.zeros((), jnp.int32), params, make_optimizer(ppo).init(params), jnp.float32(ppo.kl_coef))
+    rng = jax.random.key_data(jax.random.key(seed))
+    return PPOState(jnp.zeros((), jnp.int32), params, make_optimizer(ppo).init(params), jnp.float32(ppo.kl_coef), rng)
+
+
+def abstract_state(cfg: ModelConfig, ppo: PPOConfig) -> PPOState:
+    """Shapes and dtypes of the state, nothing allocated (a restore target)."""
+
+    def init() -> PPOState:
+        policy = model.init_params(cfg, jax.random.key(0))
+        return init_state(policy, init_scalar_head(policy, cfg), ppo)
+
+    return jax.eval_shape(init)
+
+
+def state_shardings(cfg: ModelConfig, ppo: PPOConfig, mesh: Mesh, rules: sharding.Rules) -> PPOState:
+    """NamedShardings of the whole state: parameters by their logical axes, moments like their parameters,
+    the step, β and the key replicated."""
+    abstract = abstract_state(cfg, ppo)
+    param_specs = {"policy": model.logical_axes(cfg), "value": scalar_head_axes(cfg)}
+    opt_specs = optax.tree_map_params(
+        make_optimizer(ppo),
+        lambda _, spec: spec,
+        abstract.opt_state,
+        param_specs,
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    replicated: Any = PartitionSpec()
+    specs = PPOState(replicated, param_specs, opt_specs, replicated, replicated)
+    return sharding.shardings_for(specs, abstract, mesh, rules)
 
 
 # -- the formulas --------------------------------------------------------------------------------------------
@@ -168,6 +217,7 @@ def sample_responses(
     )
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "ppo"))
 def score_rollout(
     params: Any, ref_policy: Any, rm: Any, cfg: ModelConfig, rows: Batch, kl_coef: jax.Array, ppo: PPOConfig
 ) -> Batch:
@@ -216,21 +266,24 @@ def ppo_loss(
     return total, stats
 
 
-def make_update(cfg: ModelConfig, ppo: PPOConfig):  # noqa: ANN201 - a jitted callable
-    """The jitted PPO update of one rollout: `epochs` passes over `minibatches` shuffled minibatches, one
-    ptx batch per minibatch ([epochs * minibatches, rows, T] arrays, or None for plain PPO)."""
+# What the update reads of a scored rollout: [rows, T-1] arrays, split over the batch axes when sharded.
+UPDATE_KEYS = (
+    "inputs",
+    "targets",
+    "segment_ids",
+    "positions",
+    "loss_mask",
+    "logp_old",
+    "values_old",
+    "returns",
+    "advantages",
+)
+
+
+def make_update(cfg: ModelConfig, ppo: PPOConfig):  # noqa: ANN201 - a callable for jax.jit
+    """The PPO update of one rollout (its UPDATE_KEYS): `epochs` passes over `minibatches` shuffled
+    minibatches, one ptx batch per minibatch ([epochs * minibatches, rows, T] arrays, or None for plain PPO)."""
     tx = make_optimizer(ppo)
-    keys = (
-        "inputs",
-        "targets",
-        "segment_ids",
-        "positions",
-        "loss_mask",
-        "logp_old",
-        "values_old",
-        "returns",
-        "advantages",
-    )
 
     def update(state: PPOState, rollout: Batch, ptx: Batch | None, key: jax.Array) -> tuple[PPOState, dict]:
         n = rollout["inputs"].shape[0]
@@ -241,16 +294,38 @@ def make_update(cfg: ModelConfig, ppo: PPOConfig):  # noqa: ANN201 - a jitted ca
         def body(carry: tuple[Any, Any], xs: tuple[jax.Array, Batch | None]) -> tuple[tuple[Any, Any], dict]:
             params, opt_state = carry
             idx, ptx_mb = xs
-            mb = {k: rollout[k][idx] for k in keys}
+            mb = {k: rollout[k][idx] for k in UPDATE_KEYS}
             (_, stats), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, mb, ptx_mb, cfg, ppo)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats | {"grad_norm": optax.tree.norm(grads)}
 
         (params, opt_state), stats = jax.lax.scan(body, (state.params, state.opt_state), (indices, ptx))
         metrics = jax.tree.map(jnp.mean, stats)
-        return PPOState(state.step + 1, params, opt_state, state.kl_coef), metrics
+        return PPOState(state.step + 1, params, opt_state, state.kl_coef, state.rng), metrics
 
-    return jax.jit(update, donate_argnums=(0,))
+    return update
+
+
+def input_shardings(mesh: Mesh, rules: sharding.Rules) -> tuple[NamedSharding, NamedSharding]:
+    """The update's inputs: rollout rows [rows, T] and ptx batches [minibatch, rows, T], rows over the
+    batch axes."""
+    rows = sharding.batch_sharding(mesh, rules)
+    return rows, NamedSharding(mesh, PartitionSpec(None, *rows.spec))
+
+
+@functools.cache
+def jit_update(cfg: ModelConfig, ppo: PPOConfig, mesh: Mesh, rules: sharding.Rules = sharding.DEFAULT_RULES):  # noqa: ANN201
+    """The update as it runs over `mesh`: one jit (cached, so every run of one config shares it), the state
+    donated and in `state_shardings`, rollout rows split over the mesh's batch axes, metrics replicated."""
+    shardings = state_shardings(cfg, ppo, mesh, rules)
+    rows, ptx_rows = input_shardings(mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        make_update(cfg, ppo),
+        in_shardings=(shardings, rows, ptx_rows if ppo.ptx_coef else None, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
 
 
 def adapt_kl_coef(kl_coef: float, kl: float, ppo: PPOConfig) -> float:

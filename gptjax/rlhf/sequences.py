@@ -12,8 +12,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
-from gptjax import train
+from gptjax import model, train
 from gptjax.config import ModelConfig
 
 Batch = train.Batch
@@ -48,6 +49,11 @@ def token_logprobs(
 def init_scalar_head(params: Any, cfg: ModelConfig) -> dict[str, Any]:
     """A transformer with its unembedding replaced by a scalar head (zero-initialised: score 0 at start)."""
     return {"gpt": params, "head": {"w": jnp.zeros((cfg.d_model,), jnp.float32), "b": jnp.zeros((), jnp.float32)}}
+
+
+def scalar_head_axes(cfg: ModelConfig) -> dict[str, Any]:
+    """The logical axes of `init_scalar_head`'s tree: the transformer's, the head's vector along `embed`."""
+    return {"gpt": model.logical_axes(cfg), "head": {"w": PartitionSpec("embed"), "b": PartitionSpec()}}
 
 
 def scalar_head(head_params: dict[str, Any], cfg: ModelConfig, batch: Batch) -> jax.Array:
