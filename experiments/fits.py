@@ -358,7 +358,7 @@ class IsoFlopProfile:
 
 @dataclass(frozen=True)
 class IsoFlopFit:
-    """The profiles, and N_opt = k_N C^a, D_opt = k_D C^b over the budgets with a minimum."""
+    """The profiles, and N_opt = k_N C^a, D_opt = k_D C^b over the budgets with a minimum inside their sizes."""
 
     profiles: tuple[IsoFlopProfile, ...]
     params: dict[str, float]  # a, k_N, b, k_D
@@ -382,10 +382,14 @@ def _profile(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> I
 
 
 def _allocation(profiles: Sequence[IsoFlopProfile]) -> dict[str, float]:
-    """a, k_N, b, k_D by least squares on ln N_opt, ln D_opt against ln C over the profiles with a minimum."""
-    usable = [p for p in profiles if np.isfinite(p.n_opt)]
+    """a, k_N, b, k_D by least squares on ln N_opt, ln D_opt against ln C over the profiles whose minimum lies
+    within the sizes trained: a minimum outside them is the parabola's extrapolation, not a measurement."""
+    usable = [p for p in profiles if np.isfinite(p.n_opt) and p.interior]
     if len({p.budget for p in usable}) < 2:
-        raise FitError(f"only {len(usable)} budget(s) have a loss minimum (a parabola opening upwards); need 2")
+        raise FitError(
+            f"only {len(usable)} of {len(profiles)} budget(s) have their loss minimum inside the sizes trained; "
+            "need 2 (train sizes on both sides of each budget's optimum)"
+        )
     log_c = np.log([p.budget for p in usable])
     a, log_k_n = np.polyfit(log_c, np.log([p.n_opt for p in usable]), 1)
     b, log_k_d = np.polyfit(log_c, np.log([p.d_opt for p in usable]), 1)

@@ -120,6 +120,19 @@ def test_isoflop_profiles_recover_the_planted_optimum():
         assert abs(np.log(fits.chinchilla_n_opt(law, profile) / _chinchilla_n_opt(profile.budget))) < 0.1
 
 
+def test_approach_2_refuses_minima_outside_the_sizes_trained():
+    """A budget whose sizes all lie on one side of its optimum gives a parabola whose minimum is an
+    extrapolation: N_opt ∝ C^a is fitted from the budgets that bracket their optimum, or not at all."""
+    law, rows = fits.Fit("chinchilla", CHINCHILLA, {}, 0, 0, 0.0), []
+    for c, offsets in ((1e19, np.logspace(-0.9, 1.1, 9)), (1e20, np.logspace(0.5, 2.0, 6))):
+        rows += [(c, n, c / (6 * n)) for n in _chinchilla_n_opt(c) * offsets]
+    c, n, d = map(np.array, zip(*rows))
+    profiles = fits.isoflop_profiles(c, n, d, law.predict(n, d))
+    assert [p.interior for p in profiles] == [True, False]
+    with pytest.raises(fits.FitError, match="only 1 of 2 budget.s. have their loss minimum inside the sizes"):
+        fits.fit_isoflop(c, n, d, law.predict(n, d), n_boot=5)
+
+
 def _synthetic_records(budgets: list[float], sizes: list[float], noise: float, seed: int) -> list[dict]:
     """Registry-like records of runs at each budget and size, final losses from CHINCHILLA plus noise."""
     rng, law, records = np.random.default_rng(seed), fits.Fit("chinchilla", CHINCHILLA, {}, 0, 0, 0.0), []
@@ -176,7 +189,7 @@ def test_isoflop_needs_three_sizes_per_budget_and_two_budgets():
         fits.fit_isoflop([1e18] * 2 + [1e19] * 3, [1, 2, 1, 2, 3], [1] * 5, [3.0] * 5)
     with pytest.raises(fits.FitError, match="at least 2 compute budgets; got 1"):
         fits.fit_isoflop([1e18] * 3, [1, 2, 3], [3, 2, 1], [3.0, 2.0, 3.0])
-    with pytest.raises(fits.FitError, match="only 1 budget\\(s\\) have a loss minimum"):
+    with pytest.raises(fits.FitError, match="only 1 of 2 budget\\(s\\) have their loss minimum inside"):
         fits.fit_isoflop([1e18] * 3 + [1e19] * 3, [1, 2, 3] * 2, [3, 2, 1] * 2, [3.0, 2.0, 3.0, 2.0, 3.0, 2.0])
 
 
