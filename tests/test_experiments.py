@@ -551,7 +551,7 @@ def test_micro_study_runs_end_to_end_and_reports_every_section(tmp_path, monkeyp
     ]
     # At seconds of training the smallest model wins every budget, so a parabola may have no minimum: the
     # section then says why N_opt ∝ C^a is not fitted; the profiles and Approach 3 are there either way.
-    assert re.search(r"Approach 2: a = [-0-9.]+|N_opt ∝ C\^a not fitted: only \d budget", markdown)
+    assert re.search(r"Approach 2: a = [-0-9.]+|N_opt ∝ C\^a not fitted: only \d of \d budget", markdown)
     assert re.search(r"\| 1\.5G \| 4 \| 10\.2k–200k \|", markdown) and "(plots/isoflop_profiles.png)" in markdown
     assert "Approach 3 on the same 8 runs (L(N, D) = E + A / N^α + B / D^β" in markdown
     for budget in ("1.5e9", "3e9"):  # the largest model's runs, predicted by L(N, D) fitted to the other 6
