@@ -159,9 +159,8 @@ def token_loss_sums(
     return _cross_entropy_sum(outputs, batch["targets"], mask), mask.sum()
 
 
-def _uses_dropout(run: RunConfig) -> bool:
-    m = run.model
-    return max(m.embd_dropout, m.attn_dropout, m.resid_dropout, run.finetune.clf_dropout * bool(run.finetune.task)) > 0
+def model_uses_dropout(m: ModelConfig) -> bool:
+    return max(m.embd_dropout, m.attn_dropout, m.resid_dropout) > 0
 
 
 LossFn = Callable[[Any, Batch, jax.Array | None], tuple[jax.Array, dict[str, jax.Array]]]
@@ -178,6 +177,7 @@ class Objective:
     loss_fn: LossFn
     init_params: Callable[[jax.Array], Any]  # a PRNG key -> parameters
     logical_axes: Callable[[], Any]  # a tree of PartitionSpecs (logical names) in the parameters' shape
+    dropout: bool  # the loss applies dropout, so the step passes it a key per micro-batch
     trainable: Callable[[Any], Any] | None = None  # params -> booleans per leaf (make_optimizer); None = all
 
 
@@ -188,13 +188,19 @@ def lm_objective(run: RunConfig) -> Objective:
         total, count = token_loss_sums(params, batch, run, rng)
         return total, {"count": count}
 
-    return Objective(loss_fn, lambda key: model.init_params(run.model, key), lambda: model.logical_axes(run.model))
+    return Objective(
+        loss_fn,
+        lambda key: model.init_params(run.model, key),
+        lambda: model.logical_axes(run.model),
+        model_uses_dropout(run.model),
+    )
 
 
 def make_train_step(
     run: RunConfig, tx: optax.GradientTransformation, objective: Objective | None = None
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    loss_fn = (objective or lm_objective(run)).loss_fn
+    objective = objective or lm_objective(run)
+    loss_fn = objective.loss_fn
     schedule = learning_rate_schedule(run)
     n_micro = run.micro_batches
 
@@ -211,7 +217,7 @@ def make_train_step(
         def micro(carry: tuple[Any, jax.Array, dict[str, jax.Array]], xs: tuple[Batch, jax.Array]):
             grads, loss_sum, sums = carry
             mb, m = xs
-            key = jax.random.fold_in(step_key, m) if _uses_dropout(run) else None
+            key = jax.random.fold_in(step_key, m) if objective.dropout else None
             (loss, aux), g = grad_fn(state.params, mb, key)
             return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, jax.tree.map(jnp.add, sums, aux)), None
 
@@ -254,7 +260,8 @@ def make_eval_step(
     run: RunConfig, objective: Objective | None = None
 ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """(params, batch) -> (summed loss, count) without dropout."""
-    loss_fn = (objective or lm_objective(run)).loss_fn
+    objective = objective or lm_objective(run)
+    loss_fn = objective.loss_fn
 
     def eval_step(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
         total, sums = loss_fn(params, batch, None)

@@ -281,7 +281,10 @@ def test_head_only_training_leaves_every_pretrained_parameter_bitwise_unchanged(
 
 
 def test_paper_schedule_is_linear_warmup_then_linear_decay_and_the_head_has_dropout():
-    assert train._uses_dropout(make_run(dropout=0.1)) and not train._uses_dropout(make_run(dropout=0.0))
+    def dropout(p: float) -> bool:
+        return finetune_objective(make_run(dropout=p), CLASSIFY, None).dropout
+
+    assert dropout(0.1) and not dropout(0.0)
     run = make_run(steps=1000, **{"optim.schedule": "linear", "optim.warmup_steps": 2, "optim.min_lr_ratio": 0})
     lr = train.learning_rate_schedule(run)
     peak = run.optim.learning_rate

@@ -24,7 +24,7 @@ from gptjax import model
 from gptjax.config import ModelConfig, RunConfig
 from gptjax.finetune.tasks import Task
 from gptjax.finetune.transforms import NUM_SPECIAL
-from gptjax.train import Batch, Objective
+from gptjax.train import Batch, Objective, model_uses_dropout
 
 Params = Any
 
@@ -119,7 +119,8 @@ def finetune_objective(run: RunConfig, task: Task, pretrained: Params | None) ->
         }
 
     trainable = None if run.finetune.trainable == "all" else lambda params: head_only(params, cfg)
-    return Objective(loss_fn, init_params, logical_axes, trainable)
+    dropout = model_uses_dropout(cfg) or run.finetune.clf_dropout > 0
+    return Objective(loss_fn, init_params, logical_axes, dropout, trainable)
 
 
 def head_only(params: Params, cfg: ModelConfig) -> Params:

@@ -188,7 +188,12 @@ def reward_objective(cfg: ModelConfig, sft_params: Any) -> train.Objective:
         total, count = reward.loss_sums(params, batch, cfg)
         return total, {"count": count}
 
-    return train.Objective(loss_fn, lambda key: init_scalar_head(sft_params, cfg), lambda: scalar_head_axes(cfg))
+    return train.Objective(
+        loss_fn,
+        lambda key: init_scalar_head(sft_params, cfg),
+        lambda: scalar_head_axes(cfg),
+        train.model_uses_dropout(cfg),
+    )
 
 
 def train_reward_model(run: RunConfig, sft_params: Any, data: Arrays, held: Arrays) -> Any:
