@@ -2,8 +2,9 @@
 
 Four studies, each trained from scratch with gptjax's trainer (the ICL probes as its hook, eval/icl) or,
 for regression, gptjax.regression; every figure is printed and bench/README.md records a run:
-1. Induction heads (Olsson et al. 2022): a 2-layer attention-only model on repeated random tokens of random
-   period (so no fixed offset finds the earlier copy), probed on a fixed period; the probes every few steps
+1. Induction heads (Olsson et al. 2022): a 2-layer attention-only model with rotary positions on random tokens
+   whose segments are copied at random distances (so only content finds the earlier copy), probed on 16
+   random tokens repeated; the probes every few steps
    give the induction score of the best head against the uniform baseline, the loss on the first copy
    (unigram entropy ln n_symbols) and on the repeats, and the ICL score; the phase change of the induction
    score and of the ICL score (eval.icl.scores.phase_change) in tokens. A 1-layer control trains the same way.
@@ -50,9 +51,12 @@ from gptjax.hooks import add_standard_hooks  # noqa: E402
 from gptjax.rundir import RunDir  # noqa: E402
 from gptjax.train import Trainer  # noqa: E402
 
-INDUCTION_TASK, INDUCTION_PROBE = "repeat_tokens_16_varied", "repeat_tokens_16"  # trained on; probed on (period 16)
-INDUCTION_MODEL = ModelConfig(vocab_size=257, n_ctx=32, n_head=4, d_model=128, init_std=0.08, mlp=False)
-INDUCTION_STEPS, INDUCTION_EVERY, INDUCTION_BATCH, INDUCTION_LR = 3000, 100, 64, 3e-3
+INDUCTION_TASK, INDUCTION_PROBE = "copied_segments_64", "repeat_tokens_16"  # trained on; probed on (period 16)
+# Rotary positions: with learned ones the models read copies at fixed distances and no induction head formed.
+INDUCTION_MODEL = ModelConfig(
+    vocab_size=257, n_ctx=64, n_head=4, d_model=128, init_std=0.08, mlp=False, positions="rotary"
+)
+INDUCTION_STEPS, INDUCTION_EVERY, INDUCTION_BATCH, INDUCTION_LR = 1000, 50, 64, 3e-3
 # Natural text (Olsson et al.): contexts repeat words and names, which an induction head can exploit at any offset.
 TEXT_TASK, TEXT_MODEL = "tinyshakespeare", ModelConfig(vocab_size=257, n_ctx=256, n_head=4, d_model=128, mlp=False)
 TEXT_STEPS, TEXT_EVERY, TEXT_BATCH, TEXT_LR = 1000, 50, 16, 3e-3
@@ -101,9 +105,9 @@ def _last(run_dir: Path) -> Path:
 
 
 def induction(out: Path) -> None:
-    print("\n== 1. Induction heads: attention-only models on repeated random tokens")
-    probe = tasks.synthetic_source(INDUCTION_PROBE).generator
-    early, late = 5, probe.length - 1
+    print("\n== 1. Induction heads: attention-only models on randomly copied segments, probed on repeated tokens")
+    length = tasks.synthetic_source(INDUCTION_TASK).generator.length
+    early, late = 5, length - 1  # the ICL score's tokens, on held-out sequences of the training task
     icl = ICLConfig(
         probes=("induction", "icl_score"),
         every=INDUCTION_EVERY,
@@ -120,8 +124,8 @@ def induction(out: Path) -> None:
             _run(out, cfg.name, cfg, INDUCTION_TASK, INDUCTION_STEPS, icl, INDUCTION_LR), batch_size=INDUCTION_BATCH
         )
         seconds = _train(run)
-        print(f"\n{cfg.name}: {INDUCTION_STEPS} steps x {INDUCTION_BATCH} x {probe.length} tokens in {seconds:.0f} s")
-        _print_induction(out / cfg.name, early, late, every=3)
+        print(f"\n{cfg.name}: {INDUCTION_STEPS} steps x {INDUCTION_BATCH} x {length} tokens in {seconds:.0f} s")
+        _print_induction(out / cfg.name, early, late, every=2)
     _plot_induction(out, names, "")
 
 

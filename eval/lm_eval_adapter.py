@@ -13,7 +13,9 @@ registered as lm-eval model "gptjax" when this module is imported:
 
 Requests are tokenised with lm-eval's rules (eval.requests), so log-likelihoods equal lm-eval's HF backend on
 the exported model up to float rounding. Differences from HFLM: a continuation longer than the window is
-scored in window-sized chunks instead of refused; generation is greedy only (sampling requests are refused);
+scored in window-sized chunks instead of refused; `generation_kwargs` are read as a task YAML's are
+(eval.decoding: sampling with temperature / top-k / top-p and a `seed`, default 0, so a run repeats exactly;
+an option gptjax does not implement is refused by name rather than ignored);
 `batch_size` / `max_batch_size` / `device` are accepted for lm-eval's sake and ignored: batches are sized in
 tokens (`batch_tokens`) and placement follows the `GptjaxLM` (its mesh, if it has one). lm-eval's
 data-parallel splitting is not used (rank 0 of 1): in a multi-process JAX run every process sends every
@@ -31,6 +33,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 
+from eval.decoding import from_generation_kwargs
 from eval.gptjax_lm import GptjaxLM
 from eval.lm import LanguageModel
 from eval.requests import GenerationRequest
@@ -136,14 +139,11 @@ class GptjaxLMEval(LM):
         converted = []
         for r in requests:
             context, gen_kwargs = r.args
-            kwargs = dict(normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks))
-            if kwargs.get("do_sample"):
-                raise ValueError(
-                    f"gptjax generates greedily only; the request asks for sampling with {gen_kwargs} "
-                    "(set do_sample: false / temperature: 0 in the task's generation_kwargs)"
-                )
-            until = tuple(s for s in kwargs.get("until") or [] if isinstance(s, str))
-            converted.append(GenerationRequest(context, until, kwargs["max_gen_toks"]))
+            kwargs = normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks)
+            decoding = from_generation_kwargs(kwargs, 1, "lm-eval request", self.max_gen_toks)
+            converted.append(
+                GenerationRequest(context, decoding.until, decoding.max_tokens, decoding.request_options())
+            )
         results = self.lm.generate_until(converted)
         for r, result in zip(requests, results):
             self.cache_hook.add_partial("generate_until", r.args, result)

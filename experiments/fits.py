@@ -326,19 +326,27 @@ def fit_chinchilla(
 # ---------------------------------------------------------------------------------------------------------
 # IsoFLOP profiles (Hoffmann et al., Approach 2): at each compute budget, a parabola of the final loss in
 # log N, its minimum N_opt, and D_opt where the budget's runs put it; then N_opt ∝ C^a and D_opt ∝ C^b by
-# least squares in log-log space. Uncertainty is the residual bootstrap of the module doc applied to each
-# parabola (loss residuals resampled within their budget), carried through the minima to a and b; a budget
-# with exactly 3 sizes has no residual, so it contributes no spread (and with every budget so, no error).
+# least squares in log-log space. A parabola is the profile's expansion about its minimum, so it is fitted to
+# the runs nearest the budget's best one (PROFILE_WINDOW sizes on each side: Hoffmann et al. train each
+# budget's sizes around its optimum, and a ladder spanning decades is far from parabolic at its ends).
+# Uncertainty is the residual bootstrap of the module doc applied to each parabola (loss residuals resampled
+# within their budget), carried through the minima to a and b; a budget with exactly 3 sizes has no residual,
+# so it contributes no spread (and with every budget so, no error).
+
+
+PROFILE_WINDOW = 2
 
 
 @dataclass(frozen=True)
 class IsoFlopProfile:
-    """One budget's runs and L = c2 (ln N)^2 + c1 ln N + c0 fitted to them by least squares."""
+    """One budget's runs (by increasing N) and L = c2 (ln N)^2 + c1 ln N + c0 fitted by least squares to
+    those within PROFILE_WINDOW sizes of the lowest loss (`fitted`)."""
 
     budget: float
     n: tuple[float, ...]
     d: tuple[float, ...]
     loss: tuple[float, ...]
+    fitted: tuple[bool, ...]
     coef: tuple[float, float, float]  # (c2, c1, c0)
     d_line: tuple[float, float]  # ln D = u ln N + v through the budget's runs (u = -1 when C = 6ND)
     n_opt: float  # exp(-c1 / 2 c2); NaN when the parabola opens downwards (c2 <= 0: no minimum)
@@ -347,8 +355,12 @@ class IsoFlopProfile:
 
     @property
     def interior(self) -> bool:
-        """The minimum lies within the sizes trained (outside, it is an extrapolation)."""
-        return bool(min(self.n) <= self.n_opt <= max(self.n))
+        """The minimum lies within the sizes fitted (outside, it is an extrapolation)."""
+        return bool(min(self.window("n")) <= self.n_opt <= max(self.window("n")))
+
+    def window(self, column: str) -> np.ndarray:
+        """`column` ("n", "d" or "loss") of the runs the parabola is fitted to."""
+        return np.array(getattr(self, column))[list(self.fitted)]
 
     def d_at(self, n: np.ndarray | float) -> np.ndarray:
         """The tokens a run of size n gets at this budget."""
@@ -367,9 +379,18 @@ class IsoFlopFit:
     n_bootstrap: int
 
 
-def _profile(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> IsoFlopProfile:
+def _profile(
+    budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray, fitted: np.ndarray | None = None
+) -> IsoFlopProfile:
+    """The parabola through the `fitted` runs; by default the runs of the 2 * PROFILE_WINDOW + 1 sizes nearest
+    in rank to the lowest loss's (shifted inwards at the ends of the ladder)."""
+    if fitted is None:
+        sizes = np.unique(n)
+        best = int(np.searchsorted(sizes, n[np.argmin(loss)]))
+        low = min(max(best - PROFILE_WINDOW, 0), max(len(sizes) - 2 * PROFILE_WINDOW - 1, 0))
+        fitted = np.isin(n, sizes[low : low + 2 * PROFILE_WINDOW + 1])
     x = np.log(n)
-    c2, c1, c0 = (float(c) for c in np.polyfit(x, loss, 2))
+    c2, c1, c0 = (float(c) for c in np.polyfit(x[fitted], loss[fitted], 2))
     u, v = (float(c) for c in np.polyfit(x, np.log(d), 1))
     if c2 > 0:
         x_opt = -c1 / (2 * c2)
@@ -377,7 +398,16 @@ def _profile(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> I
     else:
         n_opt = d_opt = loss_opt = float("nan")
     return IsoFlopProfile(
-        budget, tuple(n.tolist()), tuple(d.tolist()), tuple(loss.tolist()), (c2, c1, c0), (u, v), n_opt, d_opt, loss_opt
+        budget,
+        tuple(n.tolist()),
+        tuple(d.tolist()),
+        tuple(loss.tolist()),
+        tuple(bool(f) for f in fitted),
+        (c2, c1, c0),
+        (u, v),
+        n_opt,
+        d_opt,
+        loss_opt,
     )
 
 
@@ -408,7 +438,8 @@ def isoflop_profiles(
                 f"an IsoFLOP parabola needs at least 3 distinct sizes per budget; budget {b:.3g} has "
                 f"{len(np.unique(n_arr[idx]))}"
             )
-    return tuple(_profile(b, n_arr[i], d_arr[i], loss_arr[i]) for b, i in groups.items())
+    ordered = {b: idx[np.argsort(n_arr[idx], kind="stable")] for b, idx in groups.items()}
+    return tuple(_profile(b, n_arr[i], d_arr[i], loss_arr[i]) for b, i in ordered.items())
 
 
 def fit_isoflop(
@@ -427,15 +458,15 @@ def fit_isoflop(
         raise FitError(f"N_opt ∝ C^a needs at least 2 compute budgets; got {len(profiles)}")
     params = _allocation(profiles)
     rng = np.random.default_rng(seed)
-    fitted = [np.polyval(p.coef, np.log(p.n)) for p in profiles]
+    fitted = [np.polyval(p.coef, np.log(p.window("n"))) for p in profiles]
     scaled = [
-        (np.array(p.loss) - f) * np.sqrt(len(f) / (len(f) - 3)) if len(f) > 3 else np.zeros_like(f)
+        (p.window("loss") - f) * np.sqrt(len(f) / (len(f) - 3)) if len(f) > 3 else np.zeros_like(f)
         for p, f in zip(profiles, fitted)
     ]
     refits = []
     for _ in range(n_boot):
         resampled = [
-            _profile(p.budget, np.array(p.n), np.array(p.d), f + rng.choice(r, size=len(r), replace=True))
+            _profile(p.budget, p.window("n"), p.window("d"), f + rng.choice(r, size=len(r)), np.ones(len(f), bool))
             for p, f, r in zip(profiles, fitted, scaled)
         ]
         try:

@@ -233,8 +233,11 @@ def plot_isoflop_profiles(isoflop: IsoFlop, stem: Path) -> Path:
     handles = []
     for i, profile in enumerate(isoflop.profiles):
         colour = colours[profile.budget]
-        ax.scatter(profile.n, profile.loss, color=colour, s=40, edgecolors="black", linewidths=0.5, zorder=3)
-        n = _span(profile.n, pad=1.15)
+        fitted = np.array(profile.fitted)
+        for runs, face in ((fitted, colour), (~fitted, "none")):
+            n_runs, loss = np.array(profile.n)[runs], np.array(profile.loss)[runs]
+            ax.scatter(n_runs, loss, s=40, facecolors=face, edgecolors=colour if face == "none" else "black", zorder=3)
+        n = _span(profile.window("n"), pad=1.15)
         handles += ax.plot(
             n, np.polyval(profile.coef, np.log(n)), "-", color=colour, label=f"C = {human(profile.budget)}"
         )
@@ -257,6 +260,7 @@ def plot_isoflop_profiles(isoflop: IsoFlop, stem: Path) -> Path:
             label="parabola minimum (Approach 2)",
         ),
         Line2D([], [], marker="x", linestyle="", color="black", label="L(N, D) optimum (Approach 3)"),
+        Line2D([], [], marker="o", linestyle="", color="#777777", fillstyle="none", label="outside the parabola's fit"),
     ]
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())

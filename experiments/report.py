@@ -19,6 +19,7 @@ from etils import epath
 from eval.icl.report import icl_section
 from eval.report import build_report
 from experiments.analysis import IsoFlop, LawFit, Prediction, fit_isoflop, fit_laws, load_curves, predict_largest
+from experiments.fits import PROFILE_WINDOW
 from experiments.plots import draw_plots
 from experiments.registry import finished_run_dirs, rebuild_registry
 from experiments.sweep import load_sweep
@@ -172,6 +173,7 @@ def _isoflop_section(isoflop: IsoFlop) -> list[Block]:
             human(p.budget),
             str(len(p.n)),
             f"{human(min(p.n))}–{human(max(p.n))}",
+            f"{human(min(p.window('n')))}–{human(max(p.window('n')))}",
             human(p.n_opt) if math.isfinite(p.n_opt) else "no minimum",
             human(p.d_opt) if math.isfinite(p.d_opt) else "—",
             f"{p.loss_opt:.4f}" if math.isfinite(p.loss_opt) else "—",
@@ -180,16 +182,19 @@ def _isoflop_section(isoflop: IsoFlop) -> list[Block]:
         )
         for i, p in enumerate(isoflop.profiles)
     )
-    header = ("Budget C", "Runs", "N trained", "N_opt", "D_opt", "Loss at N_opt", "Inside range", "N_opt of L(N, D)")
+    header = ("Budget C", "Runs", "N trained", "N fitted", "N_opt", "D_opt", "Loss at N_opt", "Inside range")
+    header += ("N_opt of L(N, D)",)
     blocks += [
         Text(
             "Each compute budget's runs (one per size, planned at the same FLOPs) are fitted with a parabola of "
-            "the final held-out loss in ln N; its minimum is N_opt, and D_opt is the token count a run of that "
-            "size gets at that budget. N_opt ∝ C^a and D_opt ∝ C^b are least squares in log-log space; ± is the "
-            "standard deviation, and the brackets the 2.5th–97.5th percentiles, of the bootstrap refits with "
-            "each parabola's residuals resampled (a budget with 3 sizes has none to resample)."
+            f"the final held-out loss in ln N, over the {2 * PROFILE_WINDOW + 1} sizes nearest the budget's best "
+            "run (its expansion about the minimum; a ladder's far ends are not parabolic); its minimum is N_opt, "
+            "and D_opt is the token count a run of that size gets at that budget. N_opt ∝ C^a and D_opt ∝ C^b "
+            "are least squares in log-log space; ± is the standard deviation, and the brackets the 2.5th–97.5th "
+            "percentiles, of the bootstrap refits with each parabola's residuals resampled (a budget with 3 sizes "
+            "has none to resample)."
         ),
-        Table(header, rows, frozenset({1, 3, 4, 5, 7})),
+        Table(header, rows, frozenset({1, 4, 5, 6, 8})),
     ]
     fit = isoflop.fit
     if fit is None:
@@ -307,7 +312,8 @@ _CAPTIONS = {
     "learning_curves": "Training loss (thin) and held-out loss (markers) against tokens seen, one colour per size.",
     "loss_vs_tokens": "Final held-out loss against training tokens, one colour per size; dashed: L(N, D) at each size.",
     "isoflop_profiles": "IsoFLOP profiles: final held-out loss against N at each compute budget, the parabola in "
-    "ln N fitted to it and its minimum (stars); crosses: the optimum L(N, D) puts along the same budget.",
+    "ln N fitted to the sizes around its best run (hollow: runs outside that window) and its minimum (stars); "
+    "crosses: the optimum L(N, D) puts along the same budget.",
     "isoflop_optima": "Compute-optimal N_opt and D_opt against the budget: the parabola minima and the power laws "
     "fitted to them; crosses: L(N, D)'s N_opt (Approach 3).",
 }

@@ -66,6 +66,9 @@ class ModelConfig:
     scale_residual_init: bool = True  # std 0.02 / sqrt(2 * n_layer) on residual output projections
     init_std: float = 0.02
     pos_init_std: float = 0.01  # GPT-2's original code initialises wpe with 0.01
+    # "learned": GPT's absolute position embeddings wpe added to the input; "rotary" (Su et al. 2021): no wpe,
+    # queries and keys rotated by their position, so attention scores depend on relative offsets only.
+    positions: Literal["learned", "rotary"] = "learned"
     layer_norm_eps: float = 1e-5
     embd_dropout: float = 0.0
     attn_dropout: float = 0.0
@@ -115,6 +118,10 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"model.norm must be 'pre' or 'post', got {self.norm!r}")
+        if self.positions not in ("learned", "rotary"):
+            raise ConfigError(f"model.positions must be 'learned' or 'rotary', got {self.positions!r}")
+        if self.positions == "rotary" and self.d_head % 2:
+            raise ConfigError(f"model.positions='rotary' rotates pairs of dimensions; d_head={self.d_head} is odd")
         for name, choices in (("remat", RematPolicy), ("attention_impl", AttentionImpl)):
             if getattr(self, name) not in typing.get_args(choices):
                 raise ConfigError(
@@ -226,6 +233,9 @@ _PRESET_LIST = [
     _gpt3("gpt3-6.7b", 32, 4096, 32, 128, 2_000_000, 1.2e-4),
     _gpt3("gpt3-13b", 40, 5140, 40, 128, 2_000_000, 1.0e-4),
     _gpt3("gpt3-175b", 96, 12288, 96, 128, 3_200_000, 0.6e-4),
+    _tiny("tiny-1.8k", 2, 8, 2),
+    _tiny("tiny-4k", 2, 12, 2),
+    _tiny("tiny-7k", 2, 16, 2),
     _tiny("tiny-10k", 2, 20, 2),
     _tiny("tiny-25k", 2, 32, 2),
     _tiny("tiny-80k", 3, 48, 3),

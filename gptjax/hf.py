@@ -99,6 +99,8 @@ def config_to_hf(cfg: ModelConfig, eos_token_id: int | None) -> dict[str, Any]:
         problems.append("model.final_norm=False (GPT-2 always applies ln_f)")
     if "banded" in cfg.attention_pattern:
         problems.append(f"model.attention_pattern={cfg.attention_pattern} (GPT-2 attention is dense only)")
+    if cfg.positions != "learned":
+        problems.append(f"model.positions={cfg.positions!r} (GPT-2 has learned absolute position embeddings)")
     if cfg.d_attn != cfg.d_model:
         problems.append(
             f"model.d_head={cfg.d_head} gives n_head*d_head={cfg.d_attn} != "

@@ -10,6 +10,11 @@ block) is the body of an `nn.scan` over stacked parameters (`layers/block_j`, le
 compile time stops growing with depth; `stack_layers` / `unstack_layers` convert between the layouts exactly,
 and decoding runs the unrolled layout.
 
+Positions are GPT's learned embeddings `wpe`, added to the input, or with `model.positions="rotary"` (Su et al.
+2021) a rotation of each query and key by its position and no `wpe`: position enters only queries and keys, as
+in Olsson et al.'s small attention-only models, so scores depend on relative offsets only; keys enter the
+decoding cache rotated, and Hugging Face export (GPT-2 layout) refuses the config.
+
 Three knobs change how the same math is computed, never what: `model.remat` (REMAT_POLICIES, applied per
 block over the activations named with `checkpoint_name`), `model.attention_impl` (XLA einsums, Pallas splash
 attention on TPU, cuDNN on GPU) and `model.loss_chunk` (train.py's chunked LM head and loss).
@@ -131,6 +136,22 @@ def _materialize_gradient_bwd(_: None, g: Array) -> tuple[Array]:
 _materialize_gradient.defvjp(_materialize_gradient_fwd, _materialize_gradient_bwd)
 
 
+ROTARY_BASE = 10000.0  # Su et al. 2021
+
+
+def rotary(x: Array, positions: Array) -> Array:
+    """Rotary position embedding (Su et al. 2021; GPT-NeoX's half split): x [batch, t, heads, d_head] at
+    `positions` [batch, t], dimension i paired with i + d_head / 2 and the pair rotated by the angle
+    position * ROTARY_BASE ** (-2i / d_head). A query and a key so rotated have a dot product that depends
+    on their content and their offset only."""
+    half = x.shape[-1] // 2
+    freq = ROTARY_BASE ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions.astype(jnp.float32)[:, :, None, None] * freq  # [batch, t, 1, half]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def _residual_std(cfg: ModelConfig) -> float:
     return cfg.init_std / math.sqrt(2 * cfg.n_layer) if cfg.scale_residual_init else cfg.init_std
 
@@ -138,7 +159,8 @@ def _residual_std(cfg: ModelConfig) -> float:
 class Attention(nn.Module):
     """Causal self-attention of one layer kind. `impl` is the kernel (see `attention_impl`): "xla" reads the
     boolean `mask` [batch, q, k] and skips the key `blocks` it removes; "splash" and "cudnn" build their
-    masks from the kind and `segment_ids` [batch, q]."""
+    masks from the kind and `segment_ids` [batch, q]. Under `model.positions="rotary"` queries and keys are
+    rotated by their `positions` [batch, q] before attention (keys before they enter the cache)."""
 
     cfg: ModelConfig
     kind: AttentionKind
@@ -151,6 +173,7 @@ class Attention(nn.Module):
         x: Array,
         mask: Array | None,
         segment_ids: Array,
+        positions: Array,
         layer_cache: dict[str, Array] | None,
         cache_index: Array | int | None,
         deterministic: bool,
@@ -165,6 +188,8 @@ class Attention(nn.Module):
             return checkpoint_name(jnp.einsum("btd,dhk->bthk", x, w.astype(dt)) + b.astype(dt), f"{name}_proj")
 
         q, key, value = project("query"), project("key"), project("value")
+        if cfg.positions == "rotary":
+            q, key = rotary(q, positions), rotary(key, positions)
         new_cache = None
         if layer_cache is not None:
             assert cache_index is not None, "a layer cache comes with its write index"
@@ -231,6 +256,7 @@ class Block(nn.Module):
         x: Array,
         mask: Array | None,
         segment_ids: Array,
+        positions: Array,
         layer_cache: dict[str, Array] | None,
         cache_index: Array | int | None,
         deterministic: bool,
@@ -239,7 +265,9 @@ class Block(nn.Module):
         attn = Attention(self.cfg, self.kind, self.impl, self.blocks, name="attn")
         ln_1 = LayerNorm(self.cfg, name="ln_1")
         pre = self.cfg.norm == "pre"  # GPT-2/3; GPT-1 is post-norm
-        a, new_cache = attn(ln_1(x) if pre else x, mask, segment_ids, layer_cache, cache_index, deterministic)
+        a, new_cache = attn(
+            ln_1(x) if pre else x, mask, segment_ids, positions, layer_cache, cache_index, deterministic
+        )
         x = x + a if pre else ln_1(x + a)
         if not self.cfg.mlp:  # attention-only (Elhage et al. 2021; Olsson et al. 2022)
             return x, new_cache
@@ -253,7 +281,7 @@ def block_class(cfg: ModelConfig, training: bool) -> type[Block]:
         return Block
     # Scan already keeps XLA from merging the recomputation into the forward pass; unrolled blocks need
     # prevent_cse for that.
-    return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers, static_argnums=(6,))
+    return nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers, static_argnums=(7,))
 
 
 class Period(nn.Module):
@@ -265,12 +293,14 @@ class Period(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, masks: dict[str, Array] | None, segment_ids: Array) -> tuple[Array, None]:
+    def __call__(
+        self, x: Array, masks: dict[str, Array] | None, segment_ids: Array, positions: Array
+    ) -> tuple[Array, None]:
         cls = block_class(self.cfg, training=True)
         for j, kind in enumerate(self.cfg.attention_pattern):
             mask = None if masks is None else masks[kind]
             block = cls(self.cfg, kind, self.impl, self.blocks[j], name=f"block_{j}")
-            x, _ = block(x, mask, segment_ids, None, None, self.deterministic)
+            x, _ = block(x, mask, segment_ids, positions, None, None, self.deterministic)
         return x, None
 
 
@@ -451,8 +481,10 @@ class GPT(nn.Module):
             raise ValueError("branch_ids (prefix-shared rows) are for cache-free forward passes only")
 
         wte = _param(self, "wte", cfg.init_std, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt)
-        wpe = _param(self, "wpe", cfg.pos_init_std, (cfg.n_ctx, cfg.d_model), (None, "embed"), pdt)
-        x = wte.astype(dt)[tokens] + wpe.astype(dt)[positions]
+        x = wte.astype(dt)[tokens]
+        if cfg.positions == "learned":
+            wpe = _param(self, "wpe", cfg.pos_init_std, (cfg.n_ctx, cfg.d_model), (None, "embed"), pdt)
+            x = x + wpe.astype(dt)[positions]
         x = nn.Dropout(cfg.embd_dropout)(x, deterministic=deterministic)
 
         q_slots = offset + jnp.arange(length)
@@ -476,12 +508,12 @@ class GPT(nn.Module):
                 Period,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.n_layer // len(cfg.attention_pattern),
                 metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
             )
             period_blocks = tuple(blocks(kind) for kind in cfg.attention_pattern)
-            x, _ = periods(cfg, impl, period_blocks, deterministic, name="layers")(x, masks, segment_ids)
+            x, _ = periods(cfg, impl, period_blocks, deterministic, name="layers")(x, masks, segment_ids, positions)
         else:
             cls = block_class(cfg, training=cache is None)
             for i in range(cfg.n_layer):
@@ -489,7 +521,7 @@ class GPT(nn.Module):
                 kind = cfg.layer_kind(i)
                 mask = None if masks is None else masks[kind]
                 block = cls(cfg, kind, impl, blocks(kind), name=f"h_{i}")
-                x, new_layer = block(x, mask, segment_ids, layer_cache, offset, deterministic)
+                x, new_layer = block(x, mask, segment_ids, positions, layer_cache, offset, deterministic)
                 new_layers.append(new_layer)
         if cfg.final_norm:
             x = LayerNorm(cfg, name="ln_f")(x)
@@ -648,7 +680,7 @@ def param_count(cfg: ModelConfig) -> ParamCount:
     if not cfg.mlp:
         per_layer = 4 * d * a + 3 * a + 3 * d  # attention-only: no MLP and no second LayerNorm
     non_embedding = cfg.n_layer * per_layer + (2 * d if cfg.final_norm else 0)
-    embedding = v * d + cfg.n_ctx * d + (0 if cfg.tie_embeddings else d * v)
+    embedding = v * d + (cfg.n_ctx * d if cfg.positions == "learned" else 0) + (0 if cfg.tie_embeddings else d * v)
     return ParamCount(total=non_embedding + embedding, non_embedding=non_embedding)
 
 

@@ -76,7 +76,7 @@ class RegressionGPT(nn.Module):
         for i in range(cfg.n_layer):
             kind = cfg.layer_kind(i)
             block = model.Block(cfg, kind, "xla", model.attention_blocks(cfg, kind, length, True), name=f"h_{i}")
-            x, _ = block(x, masks[kind], segments, None, None, True)
+            x, _ = block(x, masks[kind], segments, jnp.broadcast_to(slots, (batch, length)), None, None, True)
         x = model.LayerNorm(cfg, name="ln_f")(x)
         return nn.Dense(1, name="read_out")(x)[..., 0]
 

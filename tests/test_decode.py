@@ -18,6 +18,7 @@ _forward = jax.jit(forward, static_argnums=2)
 # init_std 0.2 gives O(1) logits, so the 1e-5 tolerance and the beam/greedy comparisons are not trivially met.
 RANDOM_CFG = ModelConfig(vocab_size=64, n_ctx=64, n_layer=2, n_head=2, d_model=32, init_std=0.2)
 GPT3_STYLE_CFG = dataclasses.replace(RANDOM_CFG, attention_pattern=("dense", "banded"), band_width=4)
+ROTARY_CFG = dataclasses.replace(RANDOM_CFG, positions="rotary")  # keys enter the cache rotated
 
 # Every bigram of the repeated pattern has one successor, so a two-token prompt fixes the continuation.
 PATTERN = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
@@ -85,9 +86,10 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13, 14]]
 # 1. cached decoding == full forward
 
 
-@pytest.mark.parametrize("cfg", [RANDOM_CFG, GPT3_STYLE_CFG], ids=["dense", "gpt3-dense-banded"])
+@pytest.mark.parametrize("cfg", [RANDOM_CFG, GPT3_STYLE_CFG, ROTARY_CFG], ids=["dense", "gpt3-dense-banded", "rotary"])
 def test_cached_decoding_matches_full_forward(cfg, random_params):
-    params = random_params  # banded layers have no parameters of their own
+    # Banded layers have no parameters of their own; a rotary model has no wpe.
+    params = random_params if cfg.positions == "learned" else _init(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     prompt_lengths, n_steps, padded = [3, 9, 6], 7, 12  # padded beyond the longest prompt on purpose
     seqs = [rng.integers(0, cfg.vocab_size, n + n_steps).astype(np.int32) for n in prompt_lengths]

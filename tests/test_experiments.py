@@ -133,6 +133,21 @@ def test_approach_2_refuses_minima_outside_the_sizes_trained():
         fits.fit_isoflop(c, n, d, law.predict(n, d), n_boot=5)
 
 
+def test_isoflop_parabola_is_fitted_around_the_best_run():
+    """A ladder's far end rises much faster than a parabola (tiny budgets give big models a few steps): the
+    profile is fitted to the 5 sizes around its lowest loss only, and so finds the exact minimum of an
+    exactly parabolic neighbourhood, where a fit to every size would not."""
+    n = 1e4 * np.logspace(-1.0, 1.5, 11)  # runs given out of order: profiles sort them by N
+    loss = 2.0 + 0.05 * np.log(n / 2e4) ** 2 + np.where(n > 1e5, np.log(n / 1e5) ** 3, 0.0)
+    order = np.random.default_rng(0).permutation(len(n))
+    (profile,) = fits.isoflop_profiles([1e15] * len(n), n[order], 1e15 / (6 * n[order]), loss[order])
+    assert profile.n == tuple(np.sort(n)) and sum(profile.fitted) == 5
+    assert profile.fitted == tuple(abs(np.log10(np.sort(n) / 2e4)) < 0.6)  # the 5 sizes nearest 2e4
+    assert profile.interior and profile.n_opt == pytest.approx(2e4, rel=1e-9)
+    everything = np.polyfit(np.log(n), loss, 2)
+    assert abs(np.log(np.exp(-everything[1] / (2 * everything[0])) / 2e4)) > 0.5  # the whole ladder's parabola
+
+
 def _synthetic_records(budgets: list[float], sizes: list[float], noise: float, seed: int) -> list[dict]:
     """Registry-like records of runs at each budget and size, final losses from CHINCHILLA plus noise."""
     rng, law, records = np.random.default_rng(seed), fits.Fit("chinchilla", CHINCHILLA, {}, 0, 0, 0.0), []

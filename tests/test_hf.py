@@ -215,6 +215,8 @@ def test_export_refuses_what_gpt2_cannot_represent(tmp_path):
         hf.export_hf({}, get_preset("gpt3-small"), tmp_path)
     with pytest.raises(ConfigError, match="model.d_head=8 gives n_head\\*d_head=16 != d_model=32"):
         hf.export_hf({}, ModelConfig(d_model=32, n_head=2, d_head=8), tmp_path)
+    with pytest.raises(ConfigError, match="model.positions='rotary' .GPT-2 has learned absolute position"):
+        hf.export_hf({}, ModelConfig(d_model=32, n_head=2, positions="rotary"), tmp_path)
 
     cfg = ModelConfig(vocab_size=300, n_ctx=16, n_layer=1, n_head=2, d_model=16)
     params = _noise(cfg)

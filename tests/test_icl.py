@@ -19,7 +19,7 @@ from eval.results import load_results
 from gptjax import config, model
 from gptjax.config import ConfigError, ICLConfig, ModelConfig
 from gptjax.data import make_dataset, tasks
-from gptjax.data.synthetic import FewShotClassification, LinearRegression, RepeatedTokens
+from gptjax.data.synthetic import CopiedSegments, FewShotClassification, LinearRegression, RepeatedTokens
 from gptjax.hooks import add_standard_hooks
 from gptjax.train import Trainer
 
@@ -62,6 +62,28 @@ def test_repeated_tokens_are_deterministic_and_repeat_their_segment():
     seqs = varied.tokens(0, "train", np.arange(2000))
     for seq, p in zip(seqs[:50], periods[:50]):
         np.testing.assert_array_equal(seq[p:], seq[:-p])
+
+
+def test_copied_segments_copy_earlier_windows_from_any_distance():
+    gen = CopiedSegments(length=48, segment=12, min_segment=4, p_copy=0.75, first_id=40, n_symbols=10)
+    rows = np.arange(4000)
+    tokens = gen.tokens(3, "train", rows)
+    np.testing.assert_array_equal(tokens[100:200], gen.tokens(3, "train", rows[100:200]))
+    assert not np.array_equal(tokens, gen.tokens(3, "validation", rows))
+    assert tokens.shape == (4000, 48) and tokens.min() == 40 and tokens.max() == gen.max_id == 49
+    source = gen.sources(3, "train", rows)
+    np.testing.assert_array_equal(np.take_along_axis(tokens, source, axis=1), tokens)  # every copy holds its source
+    distance = np.arange(48) - source
+    assert (distance >= 0).all() and (distance[:, :4] == 0).all()  # the first piece (>= 4 tokens) is fresh
+    # Pieces covering positions >= 24 start after 12 tokens, so a window fits and p_copy of them are copies.
+    assert abs((distance[:, 24:] > 0).mean() - 0.75) < 0.02  # ~3 pieces per row after 24: se ~0.006
+    copied = distance[distance > 0]
+    counts = np.bincount(copied, minlength=48)
+    assert copied.min() == 4 and copied.max() >= 40 and counts.max() < 0.1 * len(copied)  # no favoured distance
+    fresh = tokens[distance == 0]
+    assert np.abs(np.bincount(fresh - 40, minlength=10) / len(fresh) - 0.1).max() < 0.01  # uniform ids
+    with pytest.raises(ConfigError, match="a piece and a copy must fit"):
+        CopiedSegments(length=20, segment=12)
 
 
 def _count(context: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ lm_eval, _, _, _ = need_modules("lm_eval", "torch", "transformers", "datasets")
 
 import jax  # noqa: E402
 
+from eval.decoding import GenerationError  # noqa: E402
 from eval.gptjax_lm import GptjaxLM  # noqa: E402
 from eval.lm_eval_adapter import GptjaxLMEval  # noqa: E402
 from gptjax.config import (  # noqa: E402
@@ -198,5 +199,24 @@ def test_model_info_and_construction_errors(tmp_path):
         GptjaxLMEval()
     with pytest.raises(ValueError, match="exactly one of"):
         GptjaxLMEval(model.lm, run_dir=tmp_path)
-    with pytest.raises(ValueError, match="greedily"):
-        model.generate_until([SimpleNamespace(args=("Question:", {"until": ["\n"], "do_sample": True}))])
+    with pytest.raises(GenerationError, match="temperature=0.0 must be > 0"):
+        model.generate_until([SimpleNamespace(args=("Q:", {"do_sample": True, "temperature": 0.0}))])
+    with pytest.raises(GenerationError, match="unknown generation_kwargs .'repetition_penalty'."):
+        model.generate_until([SimpleNamespace(args=("Q:", {"do_sample": True, "repetition_penalty": 1.2}))])
+
+
+def test_sampling_requests_are_seeded_draws_and_top_k_1_is_greedy():
+    """lm-eval's sampling kwargs decode as a task YAML's do: the same requests give the same draws, lm-eval's
+    repeats (equal requests) are separate draws, another seed others, and top-k 1 is the greedy path."""
+    cfg = ModelConfig(name="tiny", vocab_size=50257, n_ctx=32, n_layer=1, n_head=2, d_model=16)
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(1))
+    model = GptjaxLMEval(GptjaxLM(params, cfg, get_vocabulary("gpt2"), generate_batch_size=4))
+
+    def generate(**kwargs):
+        request = SimpleNamespace(args=("The answer is", {"max_gen_toks": 6, "until": ["\n\n"], **kwargs}))
+        return model.generate_until([request] * 4)
+
+    sampled = generate(do_sample=True, temperature=1.0)
+    assert sampled == generate(do_sample=True, temperature=1.0) and len(set(sampled)) > 1
+    assert generate(do_sample=True, temperature=1.0, seed=7) != sampled
+    assert generate(do_sample=True, top_k=1) == generate(do_sample=False) == [generate(do_sample=False)[0]] * 4

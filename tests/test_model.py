@@ -69,11 +69,12 @@ def test_gpt3_presets_record_paper_table():
     assert [cfg.layer_kind(i) for i in range(4)] == ["dense", "banded", "dense", "banded"]
 
 
-def test_tiny_ladder_spans_10k_to_20m_and_names_are_accurate():
+def test_tiny_ladder_spans_2k_to_20m_and_names_are_accurate():
     tiny = [cfg for name, cfg in config.PRESETS.items() if name.startswith("tiny-")]
     counts = [model.param_count(cfg).non_embedding for cfg in tiny]
     assert len(tiny) >= 8 and counts == sorted(counts)
-    assert 9e3 <= counts[0] <= 30e3 and 15e6 <= counts[-1] <= 25e6
+    assert 1.5e3 <= counts[0] <= 3e3 and 15e6 <= counts[-1] <= 25e6
+    assert min(cfg.n_layer for cfg in tiny) >= 2
     for cfg, n in zip(tiny, counts):
         label = cfg.name.removeprefix("tiny-")
         scale = {"k": 1e3, "m": 1e6}[label[-1]]
@@ -100,6 +101,8 @@ def test_flops_per_token_formula():
         (dict(n_layer=0), "n_layer must be positive"),
         (dict(attn_dropout=1.5), "attn_dropout"),
         (dict(attention_block=-1), "attention_block must be >= 0"),
+        (dict(positions="alibi"), "positions must be 'learned' or 'rotary', got 'alibi'"),
+        (dict(positions="rotary", d_model=30, n_head=2), "d_head=15 is odd"),
     ],
 )
 def test_bad_model_config_names_values(overrides, message):
@@ -204,6 +207,40 @@ def test_attention_blocks_compute_what_one_block_computes(pattern, block):
             if "key_bias" in jax.tree_util.keystr(path):
                 continue  # softmax ignores a shift of every score: its true gradient is 0, both hold noise
             np.testing.assert_allclose(g_blocked, g_full, atol=2e-5 * float(jnp.abs(g_full).max()))
+
+
+def test_rotary_scores_depend_on_content_and_offset_only():
+    rng = np.random.default_rng(0)
+    q, k = (jnp.asarray(rng.normal(size=(1, 12, 2, 16)), jnp.float32) for _ in range(2))
+
+    def scores(start: int) -> np.ndarray:
+        positions = jnp.arange(12)[None] + start
+        return np.asarray(jnp.einsum("bqhd,bkhd->bhqk", model.rotary(q, positions), model.rotary(k, positions)))
+
+    np.testing.assert_allclose(scores(37), scores(0), atol=1e-4)  # |q.k| ~ 16: fp32 angles of ~50 rad
+    plain = np.asarray(jnp.einsum("bqhd,bkhd->bhqk", q, k))
+    np.testing.assert_allclose(
+        np.diagonal(scores(0), axis1=2, axis2=3), np.diagonal(plain, axis1=2, axis2=3), atol=1e-4
+    )
+    assert np.abs(scores(0) - plain).max() > 1.0  # off the diagonal the offset rotates the key
+
+
+def test_a_rotary_model_has_no_wpe_and_sees_a_document_alike_at_any_position():
+    cfg = ModelConfig(n_layer=2, d_model=32, n_head=4, n_ctx=32, positions="rotary", init_std=0.2)
+    doc, other = (jax.random.randint(jax.random.key(k), (10,), 0, cfg.vocab_size) for k in (1, 2))
+    tokens = jnp.stack([jnp.concatenate([doc, other]), jnp.concatenate([other, doc])])  # doc at 0..9, at 10..19
+    segments, positions = jnp.array([[1] * 10 + [2] * 10] * 2), jnp.broadcast_to(jnp.arange(20), (2, 20))
+
+    def logits(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+        params = model.init_params(cfg, jax.random.key(0))
+        assert ("wpe" in params) == (cfg.positions == "learned")
+        assert _leaves_size(params) == model.param_count(cfg).total
+        out = jax.jit(model.forward, static_argnums=2)(params, tokens, cfg, segment_ids=segments, positions=positions)
+        return np.asarray(out[0, :10]), np.asarray(out[1, 10:])
+
+    np.testing.assert_allclose(*logits(cfg), atol=1e-4)
+    first, later = logits(dataclasses.replace(cfg, positions="learned"))
+    assert np.abs(first - later).max() > 1e-3  # learned positions do see where the document is
 
 
 def test_causality():

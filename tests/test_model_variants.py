@@ -34,6 +34,7 @@ CONFIGS = {
         **_SMALL | {"n_layer": 4}, attention_pattern=("dense", "banded"), band_width=5, attention_block=8
     ),
     "gpt1": ModelConfig(**_SMALL, norm="post", final_norm=False, scale_residual_init=False),
+    "rotary": ModelConfig(**_SMALL, positions="rotary"),  # rotated by the packed rows' positions
 }
 
 

@@ -10,7 +10,8 @@ never used. Splits are "train" and "validation" (fresh sequences of the same dis
 
 - RepeatedTokens (Olsson et al. 2022, "In-context learning and induction heads"): a segment of uniformly
   random tokens, repeated. Only a model that looks back at the earlier copy predicts the repeats; the first
-  copy is unpredictable (its loss is the unigram entropy ln n_symbols).
+  copy is unpredictable (its loss is the unigram entropy ln n_symbols). CopiedSegments copies random
+  segments to random later places, so that only content, not position, finds the earlier copy.
 - FewShotClassification (Chan et al. 2022, "Data distributional properties drive emergent in-context
   learning in transformers"; Reddy 2023, "The mechanistic basis of data dependence and abrupt learning in
   an in-context classification task"): N (item, label) pairs and a query item whose label is the target.
@@ -117,6 +118,62 @@ class RepeatedTokens:
         segment = self.first_id + integers(seed, "repeat", split, rows, self.segment, self.n_symbols)
         index = np.arange(self.length)[None, :] % self.periods(seed, split, rows)[:, None]
         return np.take_along_axis(segment, index, axis=1).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class CopiedSegments:
+    """`length` tokens (ids as in RepeatedTokens) in pieces of `min_segment` .. `segment` tokens (the last one
+    cut at `length`): the first piece is uniformly random, each later one, with probability `p_copy`, a copy
+    of an earlier window of its size starting uniformly anywhere before it (so at any distance), else
+    uniformly random too. A copy's tokens other than its first are predictable from the earlier window.
+
+    For training induction heads (Olsson et al. 2022) where positions cannot find the earlier copy: in
+    RepeatedTokens the copy follows at a period of a few values, so a head attending to a fixed band of
+    distances predicts the repeats (bench/README.md, icl_evidence.py); here the distance takes any value, so
+    only matching content does (find the earlier occurrence of the current token, predict its successor)."""
+
+    length: int = 64
+    segment: int = 16
+    min_segment: int = 8
+    p_copy: float = 0.75
+    first_id: int = 33
+    n_symbols: int = 94
+    kind: ClassVar[str] = "tokens"
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "length", "segment", "min_segment", "first_id", "n_symbols")
+        if not self.min_segment <= self.segment <= self.length // 2 or not 0 <= self.p_copy <= 1:
+            raise ConfigError(
+                f"CopiedSegments needs min_segment={self.min_segment} <= segment={self.segment} <= length / 2 "
+                f"= {self.length // 2} (a piece and a copy must fit) and p_copy={self.p_copy} in [0, 1]"
+            )
+
+    @property
+    def max_id(self) -> int:
+        return self.first_id + self.n_symbols - 1
+
+    def sources(self, seed: int, split: str, rows: np.ndarray) -> np.ndarray:
+        """int64 [len(rows), length]: the position each token is copied from (itself when freshly drawn)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        pieces = -(-self.length // self.min_segment)
+        sizes = self.min_segment + integers(seed, "size", split, rows, pieces, self.segment - self.min_segment + 1)
+        ends = np.minimum(np.cumsum(sizes, axis=1), self.length)
+        begins = ends - np.minimum(sizes, ends - np.concatenate([np.zeros((len(rows), 1), np.int64), ends[:, :-1]], 1))
+        u = uniform(seed, "copy", split, rows, 2 * pieces).reshape(len(rows), pieces, 2)
+        copied = (u[..., 0] < self.p_copy) & (begins >= sizes)  # a whole window of the piece's size fits before it
+        starts = np.minimum((u[..., 1] * (begins - sizes + 1)).astype(np.int64), np.maximum(begins - sizes, 0))
+        offset = np.where(copied, begins - starts, 0)  # distance back to the window, per piece
+        j = np.arange(self.length)
+        piece = np.sum(j[None, :, None] >= ends[:, None, :], axis=2)  # [rows, length]: the piece each token is in
+        return j[None, :] - np.take_along_axis(offset, piece, axis=1)
+
+    def tokens(self, seed: int, split: str, rows: np.ndarray) -> np.ndarray:
+        """int32 [len(rows), length]: fresh tokens where sources() is the position itself, else a copy."""
+        source = self.sources(seed, split, rows)
+        tokens = self.first_id + integers(seed, "fresh", split, rows, self.length, self.n_symbols)
+        for j in range(self.length):  # left to right, so a copy of a copy is resolved
+            tokens[:, j] = tokens[np.arange(len(tokens)), source[:, j]]
+        return tokens.astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -314,7 +371,7 @@ class LinearRegression:
         return xs.astype(np.float32), ys.astype(np.float32), w.astype(np.float32)
 
 
-Generator = RepeatedTokens | FewShotClassification | LinearRegression
+Generator = RepeatedTokens | CopiedSegments | FewShotClassification | LinearRegression
 
 
 @dataclass(frozen=True)
@@ -369,6 +426,7 @@ def unigram_entropy(n_symbols: int) -> float:
 
 __all__ = [
     "SPLITS",
+    "CopiedSegments",
     "Episodes",
     "FewShotClassification",
     "Generator",

@@ -36,7 +36,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gptjax.config import ConfigError
-from gptjax.data.synthetic import FewShotClassification, Generator, LinearRegression, RepeatedTokens, SyntheticSource
+from gptjax.data.synthetic import (
+    CopiedSegments,
+    FewShotClassification,
+    Generator,
+    LinearRegression,
+    RepeatedTokens,
+    SyntheticSource,
+)
 from gptjax.errors import InputNotFoundError
 from gptjax.paths import data_dir
 from gptjax.rundir import CorpusDir
@@ -415,6 +422,8 @@ register_synthetic_task("repeat_tokens", RepeatedTokens())  # 32 random tokens, 
 register_synthetic_task("repeat_tokens_varied", RepeatedTokens(min_segment=16))  # periods 16..32 (to train on)
 register_synthetic_task("repeat_tokens_16", RepeatedTokens(segment=16))  # 16 tokens twice (bench/icl_evidence.py)
 register_synthetic_task("repeat_tokens_16_varied", RepeatedTokens(segment=16, min_segment=8))  # periods 8..16
+# 64 tokens in pieces of 8..16, 3/4 of them copied from anywhere earlier: only content finds the copy (induction).
+register_synthetic_task("copied_segments_64", CopiedSegments())
 # Labels remapped in every sequence, bursty contexts of 2 classes x 4 (Chan et al. 2022's few-shot form).
 register_synthetic_task("fewshot_bursty", FewShotClassification())
 # The same classes in uniform (non-bursty) contexts: the query's class is rarely in the context.
