@@ -160,7 +160,11 @@ class TaskSpec:
             raise TaskError(str(err)) from None
         if self.filter_list and self.strip_prediction:
             raise TaskError(f"{where}: give filter_list or strip_prediction, not both")
-        for metric in set(self.metrics) & set(text_metrics.TEXT_METRICS):
+
+    def require_packages(self) -> None:
+        """MissingMetricPackage if a metric's library (ROUGE, BLEU: the hf extra) is not installed; checked for
+        the tasks a run uses, not for every definition loaded, so a plain install evaluates the others."""
+        for metric in sorted(set(self.metrics) & set(text_metrics.TEXT_METRICS)):
             text_metrics.require(metric)
 
     @property
@@ -429,14 +433,18 @@ def list_tasks() -> list[str]:
 
 
 def get_spec(ref: str | Path | TaskSpec) -> TaskSpec:
-    """A built-in task by name, a definition file by path, or a TaskSpec as is."""
+    """A built-in task by name, a definition file by path, or a TaskSpec as is; its metrics' libraries are
+    installed (else MissingMetricPackage, before any model loads)."""
     if isinstance(ref, TaskSpec):
-        return ref
-    if str(ref).endswith((".yaml", ".yml")) or Path(ref).is_file():
-        return load_spec_file(ref)
-    specs = builtin_specs()
-    if ref not in specs:
-        raise TaskError(
-            f"unknown task {ref!r}; valid tasks: {', '.join(sorted(specs))} (or pass the path of a task YAML)"
-        )
-    return specs[str(ref)]
+        spec = ref
+    elif str(ref).endswith((".yaml", ".yml")) or Path(ref).is_file():
+        spec = load_spec_file(ref)
+    else:
+        specs = builtin_specs()
+        if ref not in specs:
+            raise TaskError(
+                f"unknown task {ref!r}; valid tasks: {', '.join(sorted(specs))} (or pass the path of a task YAML)"
+            )
+        spec = specs[str(ref)]
+    spec.require_packages()
+    return spec

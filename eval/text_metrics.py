@@ -6,9 +6,10 @@ over documents. BLEU is corpus-level sacreBLEU (13a tokenizer, exp smoothing, 0-
 prediction) items, exactly lm-eval's `bleu` aggregation; a corpus statistic has no per-document mean, so its
 standard error is the bootstrap. Importing this module registers the four metrics in eval.metrics; both
 libraries come with the `hf` extra (lm-eval depends on them). The metrics are declared even without them,
-so task definitions naming them load everywhere; `require(metric)` (which the task registry calls) is the
-clear error when a library is missing, raised before any model loads. The libraries are imported on first
-use: rouge-score imports nltk, seconds of start-up that every `gptjax eval` would otherwise pay.
+so task definitions naming them load everywhere; `require(metric)` (which the task registry calls for the
+tasks a run uses) is the clear error when a library is missing, raised before any model loads. The
+libraries are imported on first use: rouge-score imports nltk, seconds of start-up that every `gptjax eval`
+would otherwise pay.
 """
 
 from __future__ import annotations

@@ -94,6 +94,18 @@ def test_rouge_equals_hand_counts():
     assert best["rouge1"] == pytest.approx(2 / 3) and best["rougeL"] == pytest.approx(2 / 3)
 
 
+def test_a_missing_metric_library_fails_only_the_tasks_that_use_it(monkeypatch):
+    """Without the hf extra (no rouge-score), the built-in multiple-choice tasks still load (the default
+    sweep's few-shot hook asks for copa), and a ROUGE task fails by name before any model loads."""
+    real = text_metrics.importlib.util.find_spec
+    monkeypatch.setattr(
+        text_metrics.importlib.util, "find_spec", lambda name, *a: None if name == "rouge_score" else real(name, *a)
+    )
+    assert get_spec("copa").task == "copa" and Task("piqa").spec.task == "piqa"
+    with pytest.raises(text_metrics.MissingMetricPackage, match="metric rouge1 needs the rouge-score package"):
+        get_spec("tldr_cnn_dailymail")
+
+
 def test_bleu_equals_the_papers_formula_and_lm_eval():
     # Papineni et al.: geometric mean of modified n-gram precisions times the brevity penalty (1 here:
     # equal lengths). 1..4-gram matches 5/6, 3/5, 1/4, 0/3; sacreBLEU's exp smoothing makes the zero 1/(2*3).
