@@ -66,7 +66,7 @@ IWL_PRESET, IWL_TASKS = "tiny-200k", ("fewshot_fixed_64", "fewshot_fixed_512", "
 REGRESSION = regression.RegressionConfig(
     model=ModelConfig(name="regression", vocab_size=1, n_ctx=24, n_layer=3, n_head=4, d_model=32),
     task=LinearRegression(dim=5, points=12),
-    steps=3000,
+    steps=12000,
     batch_size=64,
     optim=OptimConfig(learning_rate=3e-3, warmup_steps=200, weight_decay=0.0),
 )
