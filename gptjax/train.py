@@ -260,8 +260,7 @@ def make_eval_step(
     run: RunConfig, objective: Objective | None = None
 ) -> Callable[[Any, Batch], tuple[jax.Array, jax.Array]]:
     """(params, batch) -> (summed loss, count) without dropout."""
-    objective = objective or lm_objective(run)
-    loss_fn = objective.loss_fn
+    loss_fn = (objective or lm_objective(run)).loss_fn
 
     def eval_step(params: Any, batch: Batch) -> tuple[jax.Array, jax.Array]:
         total, sums = loss_fn(params, batch, None)

@@ -158,7 +158,7 @@ class CopiedSegments:
         pieces = -(-self.length // self.min_segment)
         sizes = self.min_segment + integers(seed, "size", split, rows, pieces, self.segment - self.min_segment + 1)
         ends = np.minimum(np.cumsum(sizes, axis=1), self.length)
-        begins = ends - np.minimum(sizes, ends - np.concatenate([np.zeros((len(rows), 1), np.int64), ends[:, :-1]], 1))
+        begins = np.concatenate([np.zeros((len(rows), 1), np.int64), ends[:, :-1]], axis=1)
         u = uniform(seed, "copy", split, rows, 2 * pieces).reshape(len(rows), pieces, 2)
         copied = (u[..., 0] < self.p_copy) & (begins >= sizes)  # a whole window of the piece's size fits before it
         starts = np.minimum((u[..., 1] * (begins - sizes + 1)).astype(np.int64), np.maximum(begins - sizes, 0))
