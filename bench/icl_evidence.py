@@ -15,11 +15,12 @@ for regression, gptjax.regression; every figure is printed and bench/README.md r
    chance. Then ("iwl") fixed labels with 64, 512 and 3840 classes: with few the model learns them in its
    weights, with many in context (ICL = 8-shot accuracy on held-out classes; IWL = accuracy on training
    classes with no context or with other classes' pairs as context).
-3. In-context linear regression (Garg et al. 2022): error against the number of examples, beside least
-   squares, 3-nearest-neighbours and averaging.
+3. In-context linear regression (Garg et al. 2022, with their curriculum over dimensions and points): error
+   against the number of examples, beside least squares, 3-nearest-neighbours and averaging.
 
-Run from the repository root: `python bench/icl_evidence.py [--out DIR] [--only induction,fewshot,iwl,regression]`
-(each study prints its wall and CPU time; bench/README.md records a run). With --out, run directories,
+Run from the repository root: `python bench/icl_evidence.py [--out DIR] [--only induction,fewshot,iwl,regression]
+[--jobs 2]` (the studies run two at a time, each in a single-threaded process, one per core; each prints its
+wall and CPU time; bench/README.md records a run). With --out, run directories,
 results files, the eval report of the probes and the plots stay there.
 """
 
@@ -29,8 +30,12 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -43,6 +48,7 @@ from eval.icl.hook import add_icl_hook  # noqa: E402
 from eval.icl.report import ICL_SCORE, INDUCTION, icl_section, load_curves, plot_over_tokens  # noqa: E402
 from eval.report import build_report  # noqa: E402
 from eval.results import load_results  # noqa: E402
+from experiments.runner import WORKER_XLA_FLAGS  # noqa: E402
 from gptjax import config, regression  # noqa: E402
 from gptjax.config import ICLConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
 from gptjax.data import tasks  # noqa: E402
@@ -69,6 +75,7 @@ REGRESSION = regression.RegressionConfig(
     steps=12000,
     batch_size=64,
     optim=OptimConfig(learning_rate=3e-3, warmup_steps=200, weight_decay=0.0),
+    curriculum=regression.Curriculum(dim_start=2, points_start=4, every=1000),  # the whole task from step 4000
 )
 REGRESSION_TASK = "linear_regression_d5"  # d = 5, 12 points (k = 0 .. 11)
 
@@ -247,10 +254,11 @@ def linear_regression(out: Path) -> None:
     source = tasks.synthetic_source(REGRESSION_TASK)
     cfg = REGRESSION
     start = time.perf_counter()
-    params, curve = regression.train(cfg, every=500)
-    print(
-        f"trained {cfg.steps} steps x {cfg.batch_size} sequences in {time.perf_counter() - start:.0f} s; loss {curve}"
-    )
+    params, curve = regression.train(cfg, every=1000)
+    seconds = time.perf_counter() - start
+    print(f"trained {cfg.steps} steps x {cfg.batch_size} sequences in {seconds:.0f} s ({cfg.curriculum})")
+    print("training loss (mean squared error of y over the active points) by step:")
+    print(", ".join(f"{step}: {loss:.3f}" for step, loss in curve))
     xs, ys, _ = source.generator.sample(source.seed, "test", np.arange(2048))  # type: ignore[union-attr]
     results = icl_regression.regression_results(
         REGRESSION_TASK, source, regression.predict(params, cfg.model, xs, ys), xs, ys, range(xs.shape[1])
@@ -263,29 +271,74 @@ def linear_regression(out: Path) -> None:
         print(f"{r['num_fewshot']:3d} " + " ".join(f"{x:{w}.3f}" for x, w in zip(row, (7, 7, 6, 7, 7))))
 
 
+STUDIES: dict[str, Callable[[Path], None]] = {
+    "induction": induction,
+    "induction_text": induction_text,
+    "fewshot": fewshot,
+    "iwl": in_context_or_in_weights,
+    "regression": linear_regression,
+}
+
+
+def run_studies(names: list[str], out: Path) -> None:
+    """The studies one after the other in this process, each with its wall and CPU time."""
+    if REGRESSION_TASK not in tasks.task_names():
+        tasks.register_synthetic_task(REGRESSION_TASK, REGRESSION.task)
+    for name in names:
+        wall, cpu = time.perf_counter(), time.process_time()
+        STUDIES[name](out)
+        print(f"[{name}: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU]", flush=True)
+
+
+def run_in_processes(names: list[str], out: Path, jobs: int) -> list[str]:
+    """Each study in its own single-threaded process (sweeps' worker flags), `jobs` at a time; a study's output
+    is printed when it ends, its log beside it in `out`. Returns the studies that failed."""
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()}
+    pending, running, failed = list(names), {}, []
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            command = [sys.executable, __file__, "--only", name, "--out", str(out), "--jobs", "1"]
+            with open(out / f"{name}.log", "w") as log, open(out / f"{name}.stderr", "w") as err:
+                running[name] = subprocess.Popen(command, stdout=log, stderr=err, env=env)  # the child keeps them
+            print(f"[{name}: started]", flush=True)
+        time.sleep(1)
+        for name, process in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[name]
+            print((out / f"{name}.log").read_text(), end="", flush=True)
+            if process.returncode:
+                failed.append(name)
+                tail = (out / f"{name}.stderr").read_text().splitlines()[-20:]
+                print(f"[{name}: FAILED, exit {process.returncode}; its stderr ends]", *tail, sep="\n", flush=True)
+    return failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="keep run directories, results and plots here (default: a temporary directory)")
     parser.add_argument("--only", default="induction,fewshot,iwl,regression", help="comma-separated studies to run")
+    parser.add_argument("--jobs", type=int, default=2, help="studies run at once, each in its own process (1: here)")
     args = parser.parse_args()
-    if REGRESSION_TASK not in tasks.task_names():
-        tasks.register_synthetic_task(REGRESSION_TASK, REGRESSION.task)
-    studies = {
-        "induction": induction,
-        "induction_text": induction_text,
-        "fewshot": fewshot,
-        "iwl": in_context_or_in_weights,
-        "regression": linear_regression,
-    }
+    names = [name.strip() for name in args.only.split(",")]
+    if unknown := sorted(set(names) - set(STUDIES)):
+        parser.error(f"unknown studies {unknown}; choose from {sorted(STUDIES)}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
         out.mkdir(parents=True, exist_ok=True)
-        for name in args.only.split(","):
-            wall, cpu = time.perf_counter(), time.process_time()
-            studies[name.strip()](out)
-            print(f"[{name.strip()}: {time.perf_counter() - wall:.0f} s wall, {time.process_time() - cpu:.0f} s CPU]")
-    print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, CPU time {time.process_time():.0f} s (all threads)")
+        if args.jobs <= 1 or len(names) == 1:
+            run_studies(names, out)
+            failed = []
+        else:
+            failed = run_in_processes(names, out, args.jobs)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() + children.ru_utime + children.ru_stime
+    if len(names) > 1:  # one study has printed its own times
+        print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, CPU {cpu:.0f} s (all threads and processes)")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ A token LM has no natural way to read real vectors, so this follows Garg et al.:
 each x_i's position predicts y_i from the i - 1 pairs before it. Training minimises the squared error
 averaged over all positions, so one model is trained for every number of in-context examples at once, on
 fresh sequences at every step (batch b of step s is rows s*b .. s*b + b - 1 of the train split), with
-gptjax's AdamW and schedule. eval.icl.regression scores it against least squares, 3-NN and averaging.
+gptjax's AdamW and schedule. An optional `Curriculum` (Garg et al.'s) starts with fewer dimensions and points
+and grows them. eval.icl.regression scores it against least squares, 3-NN and averaging.
 """
 
 from __future__ import annotations
@@ -32,6 +33,28 @@ from gptjax.train import make_optimizer
 
 
 @dataclass(frozen=True)
+class Curriculum:
+    """Garg et al.'s curriculum: train first on `dim_start` of the task's dimensions and `points_start` of its
+    points, adding one dimension and `points_step` points every `every` steps up to the task's sizes. Shapes stay
+    fixed (one compile): the inactive coordinates of x are zero, so y depends on the active ones only, and the
+    loss ignores the inactive points, which a causal model cannot see from the active ones."""
+
+    dim_start: int
+    points_start: int
+    every: int
+    points_step: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.dim_start, self.points_start, self.every, self.points_step) <= 0:
+            raise ConfigError(f"a curriculum needs positive sizes, got {self}")
+
+    def active(self, task: LinearRegression, step: int) -> tuple[int, int]:
+        """(dimensions, points) trained at `step`."""
+        stage = step // self.every
+        return min(task.dim, self.dim_start + stage), min(task.points, self.points_start + self.points_step * stage)
+
+
+@dataclass(frozen=True)
 class RegressionConfig:
     """A regression transformer and how it is trained (model.vocab_size is unused)."""
 
@@ -43,12 +66,36 @@ class RegressionConfig:
         default_factory=lambda: OptimConfig(learning_rate=1e-3, warmup_steps=200, weight_decay=0.0)
     )
     seed: int = 0  # initialisation and the training sequences
+    curriculum: Curriculum | None = None
 
     def __post_init__(self) -> None:
         if 2 * self.task.points > self.model.n_ctx:
             raise ConfigError(
                 f"{self.task.points} points need a context of {2 * self.task.points} vectors; n_ctx={self.model.n_ctx}"
             )
+        if (c := self.curriculum) is not None:
+            if c.dim_start > self.task.dim or c.points_start > self.task.points:
+                raise ConfigError(
+                    f"{c} starts beyond the task's {self.task.dim} dimensions and {self.task.points} points"
+                )
+            if self.task.noise:
+                raise ConfigError(
+                    "the regression curriculum recomputes y without noise; it needs LinearRegression.noise=0"
+                )
+
+    def training_batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(xs, ys, loss weights [b, points]) of `step`: the train split's rows step*b .. step*b + b - 1, cut
+        down to the curriculum's active dimensions and points."""
+        rows = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        xs, ys, w = self.task.sample(self.seed, "train", rows)
+        weights = np.ones(ys.shape, np.float32)
+        if self.curriculum is not None:
+            dim, points = self.curriculum.active(self.task, step)
+            if dim < self.task.dim:
+                xs[..., dim:] = 0.0
+                ys = np.einsum("npd,nd->np", xs, w).astype(np.float32)  # noise-free: __post_init__
+            weights[:, points:] = 0.0
+        return xs, ys, weights
 
     def run(self) -> RunConfig:
         """The RunConfig whose optimizer and schedule train this model."""
@@ -100,6 +147,11 @@ def _predict(params: Any, xs: jax.Array, ys: jax.Array, cfg: ModelConfig) -> jax
     return predictions[:, 0::2]
 
 
+def loss_fn(params: Any, cfg: ModelConfig, xs: jax.Array, ys: jax.Array, weights: jax.Array) -> jax.Array:
+    """Squared error of the predictions, averaged with `weights` [n, p] over sequences and points."""
+    return jnp.sum(weights * jnp.square(_predict(params, xs, ys, cfg) - ys)) / jnp.sum(weights)
+
+
 def init_params(cfg: RegressionConfig) -> Any:
     dummy = jnp.zeros((1, 2 * cfg.task.points, cfg.task.dim + 1))
     return nn.unbox(RegressionGPT(cfg.model).init(jax.random.key(cfg.seed), dummy)["params"])
@@ -115,19 +167,16 @@ def train(
     opt_state = tx.init(params)
 
     @jax.jit
-    def step_fn(params: Any, opt_state: Any, xs: jax.Array, ys: jax.Array) -> tuple[Any, Any, jax.Array]:
-        def loss_fn(p: Any) -> jax.Array:
-            return jnp.mean(jnp.square(_predict(p, xs, ys, cfg.model) - ys))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step_fn(
+        params: Any, opt_state: Any, xs: jax.Array, ys: jax.Array, weights: jax.Array
+    ) -> tuple[Any, Any, jax.Array]:
+        loss, grads = jax.value_and_grad(loss_fn)(params, cfg.model, xs, ys, weights)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     curve, losses = [], []
     for step in range(cfg.steps):
-        rows = np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-        xs, ys, _ = cfg.task.sample(cfg.seed, "train", rows)
-        params, opt_state, loss = step_fn(params, opt_state, xs, ys)
+        params, opt_state, loss = step_fn(params, opt_state, *cfg.training_batch(step))
         losses.append(loss)
         if (step + 1) % every == 0 or step + 1 == cfg.steps:
             curve.append((step + 1, float(np.mean(jax.device_get(losses)))))
@@ -137,4 +186,4 @@ def train(
     return params, curve
 
 
-__all__ = ["RegressionConfig", "RegressionGPT", "init_params", "layout", "predict", "train"]
+__all__ = ["Curriculum", "RegressionConfig", "RegressionGPT", "init_params", "layout", "loss_fn", "predict", "train"]
