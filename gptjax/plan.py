@@ -243,7 +243,8 @@ def search_largest_batch(
     run: RunConfig, devices: list[jax.Device], known: Attempt, max_per_chip: int
 ) -> tuple[Attempt | None, Attempt | None, int, float]:
     """(largest fitting attempt, smallest failing attempt, compiles, seconds) over global batches that are
-    multiples of the data-parallel size times the micro-batches: doubling from `known`, then bisecting."""
+    multiples of the data-parallel size times the micro-batches: doubling from `known` (halving if it does not
+    fit), then bisecting; starting from a batch near the answer saves the compiles below it."""
     mesh = sharding.make_mesh(run.mesh, devices)
     unit = sharding.data_parallel_size(sharding.batch_sharding(mesh, run.mesh.rules)) * run.micro_batches
     limit = max(1, max_per_chip * len(devices) // unit)
@@ -258,12 +259,17 @@ def search_largest_batch(
         return tried[k]
 
     good, bad = 0, 0  # the largest multiple known to fit; the smallest known not to (0 = none yet)
-    k = 1
-    while k <= limit and not bad:
-        good, bad = (k, 0) if attempt(k).fits else (good, k)
-        k *= 2
-    if not bad and good < limit:  # doubling stepped over the cap: try the cap itself
-        good, bad = (limit, 0) if attempt(limit).fits else (good, limit)
+    k = min(max(1, known.batch_size // unit), limit)
+    if attempt(k).fits:
+        good = k
+        while not bad and good < limit:
+            k = min(2 * good, limit)
+            good, bad = (k, 0) if attempt(k).fits else (good, k)
+    else:
+        bad = k
+        while not good and bad > 1:
+            k = bad // 2
+            good, bad = (k, bad) if attempt(k).fits else (0, k)
     while bad and bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if attempt(mid).fits else (good, mid)

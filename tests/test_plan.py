@@ -1,11 +1,13 @@
 """`gptjax plan` and `gptjax train --dry-run`: the real train step compiled ahead of time for a TPU slice (the
 TPU compiler from libtpu, on this CPU) reports a fit with per-chip memory, and a step over the HBM as "does
-not fit" with the compiler's numbers; the batch search doubles then bisects; the FLOP count extrapolated from
-shallow compiles equals the full program's (on CPU, where compiles are fast)."""
+not fit" with the compiler's numbers; the batch search doubles (or halves) from the known batch, then
+bisects; the FLOP count extrapolated from shallow compiles equals the full program's (on CPU, where compiles
+are fast)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -70,6 +72,11 @@ def test_batch_search_doubles_then_bisects(monkeypatch):
     assert compiled == [8, 16, 32, 64, 48, 40] and compiles == 5  # the known attempt is not compiled again
     best, too_large, _, _ = plan.search_largest_batch(run, devices, fake_compile(run, devices), 3)
     assert best.batch_size == 24 and too_large is None  # the cap fits
+    for start, steps in ((32, [32, 64, 48, 40]), (64, [64, 32, 48, 40]), (512, [512, 256, 128, 64, 32, 48, 40])):
+        compiled.clear()
+        known = fake_compile(dataclasses.replace(run, batch_size=start), devices)
+        best, too_large, _, _ = plan.search_largest_batch(run, devices, known, 64)  # the cap: 64 per chip
+        assert (best.batch_size, too_large.batch_size) == (40, 48) and compiled == steps, (start, compiled)
 
 
 def test_flops_extrapolated_from_shallow_compiles_equal_the_full_programs():
