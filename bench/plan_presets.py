@@ -6,7 +6,8 @@ Every compile runs the real TPU compiler (libtpu) on this CPU, so a large preset
 and a batch search several compiles; run one case per process to plan several slices in parallel (libtpu
 reads its environment once). Run as a script from the repository root:
 
-    python bench/plan_presets.py [--case gpt3-xl/v5e-16 ...] [--table] [--depth] [--policies] [--out r.json]
+    python bench/plan_presets.py [--case gpt3-xl/v5e-16 ... [--no-flops]] [--table] [--depth] [--policies]
+        [--out r.json]
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ RECOMMENDED = {
 }
 
 
-def plan_case(name: str, max_per_chip: int) -> dict:
+def plan_case(name: str, max_per_chip: int, flops: bool) -> dict:
     preset, recipe = CASES[name]
     start = time.perf_counter()
-    result = plan.plan_slice(recipe.run(preset), recipe.slice, max_per_chip=max_per_chip)
+    result = plan.plan_slice(recipe.run(preset), recipe.slice, max_per_chip=max_per_chip, flops=flops)
     print(
         f"== {name} (remat={recipe.remat}; {time.perf_counter() - start:.0f} s in all)\n{result.format()}\n", flush=True
     )
@@ -123,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", choices=list(CASES), help="default: every case")
     parser.add_argument("--max-batch-per-chip", type=int, default=64)
+    parser.add_argument("--no-flops", action="store_true", help="skip the compiled FLOP count (two more compiles)")
     parser.add_argument("--depth", action="store_true", help="only the compile-time-against-depth study")
     parser.add_argument("--policies", action="store_true", help="only the remat-policy memory study")
     parser.add_argument("--table", nargs="*", choices=list(RECOMMENDED), help="README table rows (none named: all)")
@@ -139,7 +141,7 @@ def main() -> None:
     elif args.table is not None:
         results = [table_row(preset) for preset in args.table or RECOMMENDED]
     else:
-        results = [plan_case(name, args.max_batch_per_chip) for name in args.case or CASES]
+        results = [plan_case(name, args.max_batch_per_chip, not args.no_flops) for name in args.case or CASES]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
