@@ -48,7 +48,7 @@ from eval.icl.hook import add_icl_hook  # noqa: E402
 from eval.icl.report import ICL_SCORE, INDUCTION, icl_section, load_curves, plot_over_tokens  # noqa: E402
 from eval.report import build_report  # noqa: E402
 from eval.results import load_results  # noqa: E402
-from experiments.runner import WORKER_XLA_FLAGS  # noqa: E402
+from experiments.runner import worker_environment  # noqa: E402
 from gptjax import config, regression  # noqa: E402
 from gptjax.config import ICLConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
 from gptjax.data import tasks  # noqa: E402
@@ -294,7 +294,7 @@ def run_studies(names: list[str], out: Path) -> None:
 def run_in_processes(names: list[str], out: Path, jobs: int) -> list[str]:
     """Each study in its own single-threaded process (sweeps' worker flags), `jobs` at a time; a study's output
     is printed when it ends, its log beside it in `out`. Returns the studies that failed."""
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()}
+    env = worker_environment()
     pending, running, failed = list(names), {}, []
     while pending or running:
         while pending and len(running) < jobs:

@@ -22,9 +22,9 @@ import time
 _pre = argparse.ArgumentParser(add_help=False)
 _pre.add_argument("--threads", type=int, default=1)
 if _pre.parse_known_args()[0].threads == 1:  # read before JAX starts its thread pool
-    from experiments.runner import WORKER_XLA_FLAGS  # noqa: E402
+    from experiments.runner import worker_environment  # noqa: E402
 
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
+    os.environ["XLA_FLAGS"] = worker_environment()["XLA_FLAGS"]
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

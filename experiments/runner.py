@@ -286,6 +286,11 @@ def run_sweep(
 WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def worker_environment() -> dict[str, str]:
+    """This process's environment with the single-threaded worker flags added to XLA_FLAGS."""
+    return {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()}
+
+
 def run_sweep_workers(
     sweep_file: str | Path, sweep_dir: PathLike | None = None, *, workers: int, report: bool = True
 ) -> SweepResult:
@@ -297,7 +302,7 @@ def run_sweep_workers(
     path = resolve_sweep_file(sweep_file)
     sweep = load_sweep(path)
     sweep_dir = SweepDir(as_path(sweep_dir) if sweep_dir is not None else DEFAULT_SWEEPS_DIR / sweep.name)
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()}
+    env = worker_environment()
     command = [sys.executable, "-m", "gptjax.cli", "sweep", os.fspath(path), "--out", os.fspath(sweep_dir.path)]
     command += ["--no-progress", "--no-report", "--poll-seconds", "1"]
     started = time.perf_counter()
@@ -389,4 +394,12 @@ def _attempt(
     return True
 
 
-__all__ = ["DEFAULT_SWEEPS_DIR", "WORKER_XLA_FLAGS", "SweepIncomplete", "SweepResult", "run_sweep", "run_sweep_workers"]
+__all__ = [
+    "DEFAULT_SWEEPS_DIR",
+    "WORKER_XLA_FLAGS",
+    "SweepIncomplete",
+    "SweepResult",
+    "run_sweep",
+    "run_sweep_workers",
+    "worker_environment",
+]
