@@ -25,9 +25,9 @@ from gptjax import config, plan, tpu
 # layers (flat compile time), and the LM head + loss over 512 positions at a time.
 COMMON = ("model.dtype=bfloat16", "model.scan_layers=true", "model.loss_chunk=512")
 FSDP = ("mesh.data=1", "mesh.fsdp=-1")  # parameters and optimizer state sharded over every chip
-# gpt3-13b's d_model 5140 = 4 x 5 x 257 divides by no larger power of two, so FSDP over 4 chips (the rules
-# replicate a dimension its mesh axes do not divide) and data parallelism over the groups of 4.
-FSDP_13B = ("mesh.data=-1", "mesh.fsdp=4")
+# gpt3-13b-table's d_model 5140 = 4 x 5 x 257 divides by no larger power of two, so FSDP over 4 chips (the
+# rules replicate a dimension its mesh axes do not divide) and data parallelism over the groups of 4.
+FSDP_4 = ("mesh.data=-1", "mesh.fsdp=4")
 # GPT-2's attention dropout keeps attention on the XLA path, which libtpu's compiler crashes on (a stack
 # overflow; bench/README.md); without it `auto` picks splash attention.
 SPLASH = ("model.attn_dropout=0",)
@@ -55,7 +55,7 @@ CASES = {
     "gpt3-xl/v5e-16": ("gpt3-xl", Recipe("v5e-16", "full", 8)),
     "gpt3-6.7b/v5e-64": ("gpt3-6.7b", Recipe("v5e-64", "full", 16)),
     "gpt3-6.7b/v4-64": ("gpt3-6.7b", Recipe("v4-64", "full", 16)),
-    "gpt3-13b/v5p-128": ("gpt3-13b", Recipe("v5p-128", "full", 16, mesh=FSDP_13B)),
+    "gpt3-13b/v5p-128": ("gpt3-13b", Recipe("v5p-128", "full", 16)),
     "gpt3-175b/v5p-512": ("gpt3-175b", Recipe("v5p-512", "full", 6)),
 }
 # The README's preset table: a recipe per preset at about the paper's batch (GPT-3 Table 2.1's tokens; GPT-2's
@@ -73,7 +73,8 @@ RECOMMENDED = {
     "gpt3-xl-table": Recipe("v5e-16", "full", 8, 4),
     "gpt3-2.7b": Recipe("v5e-32", "full", 16),
     "gpt3-6.7b": Recipe("v5e-64", "full", 16),
-    "gpt3-13b": Recipe("v5p-128", "full", 16, mesh=FSDP_13B),
+    "gpt3-13b": Recipe("v5p-128", "save_dot_except_mlp", 16),
+    "gpt3-13b-table": Recipe("v5p-128", "full", 16, mesh=FSDP_4),
     "gpt3-175b": Recipe("v5p-512", "full", 6),
 }
 

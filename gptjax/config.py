@@ -42,8 +42,9 @@ class ModelConfig:
     """Architecture of one GPT-family model.
 
     `d_head` and `d_ff` left at 0 are derived (d_model // n_head and 4 * d_model) when the config is built,
-    so every reader sees one resolved value under one name. GPT-3 13B is the one published model where
-    n_heads * d_head (5120) differs from d_model (5140), so the attention width is its own field.
+    so every reader sees one resolved value under one name. GPT-3's Table 2.1 read literally has two rows
+    where n_heads * d_head differs from d_model (XL and 13B, the `-table` variants), so the attention width
+    is its own field.
     """
 
     name: str = "custom"
@@ -220,10 +221,11 @@ _PRESET_LIST = [
     _gpt2("gpt2-large", 36, 1280, 20),
     _gpt2("gpt2-xl", 48, 1600, 25),
     # GPT-3 paper, Table 2.1: n_layer, d_model, n_heads, d_head, batch size (tokens), learning rate.
-    # XL is the one row that contradicts the paper's own size: 24 heads x d_head 128 = 3072 != d_model 2048
-    # gives 1.52B parameters, not the quoted 1.3B. gpt3-xl is the 1.3B model (16 x 128 = d_model, as GPT-Neo
-    # 1.3B, the public replication, has it); gpt3-xl-table keeps the literal reading. 13B's 40 x 128 = 5120 !=
-    # 5140 does give its quoted size, so it stays as printed; d_head is its own field for both.
+    # Two rows have n_heads x d_head != d_model. XL's 24 x 128 = 3072 != 2048 gives 1.52B parameters, not the
+    # quoted 1.3B: gpt3-xl is the 1.3B model (16 x 128 = d_model, as GPT-Neo 1.3B has it). 13B's 40 x 128 =
+    # 5120 != 5140 gives its quoted size either way, but 5140 = 4 x 5 x 257 shards over at most 4 devices:
+    # gpt3-13b is 5120 wide (as OPT-13B, the public replication at this size). The -table variants keep
+    # the literal readings.
     _gpt3("gpt3-small", 12, 768, 12, 64, 500_000, 6.0e-4),
     _gpt3("gpt3-medium", 24, 1024, 16, 64, 500_000, 3.0e-4),
     _gpt3("gpt3-large", 24, 1536, 16, 96, 500_000, 2.5e-4),
@@ -231,7 +233,8 @@ _PRESET_LIST = [
     _gpt3("gpt3-xl-table", 24, 2048, 24, 128, 1_000_000, 2.0e-4),
     _gpt3("gpt3-2.7b", 32, 2560, 32, 80, 1_000_000, 1.6e-4),
     _gpt3("gpt3-6.7b", 32, 4096, 32, 128, 2_000_000, 1.2e-4),
-    _gpt3("gpt3-13b", 40, 5140, 40, 128, 2_000_000, 1.0e-4),
+    _gpt3("gpt3-13b", 40, 5120, 40, 128, 2_000_000, 1.0e-4),
+    _gpt3("gpt3-13b-table", 40, 5140, 40, 128, 2_000_000, 1.0e-4),
     _gpt3("gpt3-175b", 96, 12288, 96, 128, 3_200_000, 0.6e-4),
     _tiny("tiny-1.8k", 2, 8, 2),
     _tiny("tiny-4k", 2, 12, 2),

@@ -57,7 +57,7 @@ def test_derived_sizes_have_one_name_and_follow_what_they_derive_from():
     assert (wider.d_head, wider.d_ff) == (32, 512)  # re-derived, not the preset's 16 and 256
     pinned = config.override(RunConfig(model=tiny), ["model.d_ff=100", "model.d_model=128"]).model
     assert pinned.d_ff == 100  # an explicit value stays
-    gpt3_13b = config.get_preset("gpt3-13b")  # 40 x 128 = 5120 != d_model 5140: d_head is its own value
+    gpt3_13b = config.get_preset("gpt3-13b-table")  # 40 x 128 = 5120 != d_model 5140: d_head is its own value
     assert config.override(RunConfig(model=gpt3_13b), ["model.n_layer=2"]).model.d_head == 128
     assert not hasattr(tiny, "head_dim") and not hasattr(tiny, "d_mlp")
 

@@ -42,7 +42,8 @@ def test_param_count_matches_real_pytree(name):
         ("gpt3-xl", 1.3e9, 0.02),
         ("gpt3-2.7b", 2.7e9, 0.03),
         ("gpt3-6.7b", 6.7e9, 0.03),
-        ("gpt3-13b", 13e9, 0.01),
+        ("gpt3-13b", 13e9, 0.02),
+        ("gpt3-13b-table", 13e9, 0.01),
         ("gpt3-175b", 175e9, 0.01),
     ],
 )
@@ -62,8 +63,19 @@ def test_gpt3_xl_is_the_1_3b_model_and_the_table_reading_is_a_variant():
     assert dataclasses.replace(table, name="gpt3-xl", n_head=16) == cfg  # nothing else differs
 
 
+def test_gpt3_13b_is_5120_wide_and_the_table_reading_is_a_variant():
+    # Table 2.1 lists d_model 5140 with 40 heads x 128 (= 5120); 5140 = 4 x 5 x 257 shards over at most 4
+    # devices. gpt3-13b is the 5120-wide model (OPT-13B's shape); gpt3-13b-table keeps the literal row.
+    cfg, table = config.get_preset("gpt3-13b"), config.get_preset("gpt3-13b-table")
+    assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.d_attn, cfg.d_ff) == (40, 5120, 40, 128, 5120, 20480)
+    assert model.param_count(cfg).total == 12_853_386_240
+    assert (table.d_model, table.d_attn, table.d_ff) == (5140, 5120, 20560)
+    assert model.param_count(table).total == 12_936_488_380
+    assert dataclasses.replace(table, name="gpt3-13b", d_model=5120, d_ff=20480) == cfg  # nothing else differs
+
+
 def test_gpt3_presets_record_paper_table():
-    cfg = config.get_preset("gpt3-13b")
+    cfg = config.get_preset("gpt3-13b-table")
     assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_head, cfg.n_ctx) == (40, 5140, 40, 128, 2048)
     assert cfg.paper_batch_tokens == 2_000_000 and cfg.paper_learning_rate == 1.0e-4
     assert [cfg.layer_kind(i) for i in range(4)] == ["dense", "banded", "dense", "banded"]
