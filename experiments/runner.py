@@ -396,7 +396,6 @@ def _attempt(
 
 __all__ = [
     "DEFAULT_SWEEPS_DIR",
-    "WORKER_XLA_FLAGS",
     "SweepIncomplete",
     "SweepResult",
     "run_sweep",
